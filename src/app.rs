@@ -1,0 +1,179 @@
+//! What the commands do: `run` (build source, sink and store; restart after transient
+//! errors with jittered exponential backoff until the retry budget is spent), `check`, and
+//! `offsets show|reset`. `main.rs` only parses the command line and maps errors to exit codes.
+
+use crate::config::{Config, SinkKind, SourceKind};
+use crate::encode::Encoder;
+use crate::error::{Error, Kind, Result};
+use crate::offsets::{OffsetStore, SledStore};
+use crate::pipeline::{self, Settings, Stopped};
+use crate::sink::{AnySink, Sink, file::LinesSink};
+use crate::source::AnySource;
+use crate::source::mysql::{self, MysqlSource, preflight};
+use std::path::Path;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// First wait after a transient error; doubles per failure up to [`MAX_BACKOFF`].
+pub const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest wait between attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a dependency may stay unavailable, without any progress, before `cdc` gives up
+/// with exit 69. Long enough to ride out a broker or database restart.
+pub const RETRY_BUDGET: Duration = Duration::from_secs(300);
+
+/// A shutdown signal that every attempt can wait on.
+pub type Shutdown = watch::Receiver<bool>;
+
+async fn stopped(mut rx: Shutdown) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+async fn build_source(config: &Config, store: &SledStore) -> Result<AnySource> {
+    match config.source {
+        SourceKind::Mysql => Ok(AnySource::Mysql(MysqlSource::start(config, store.load()?).await?)),
+        SourceKind::Postgres => Err(unsupported("the postgres source")),
+    }
+}
+
+fn build_sink(config: &Config) -> Result<AnySink> {
+    match config.sink {
+        SinkKind::Stdout => Ok(AnySink::Lines(LinesSink::stdout())),
+        SinkKind::File => {
+            Ok(AnySink::Lines(LinesSink::file(config.file_path.as_deref().unwrap_or(Path::new("")))?))
+        }
+        SinkKind::Kafka => Err(unsupported("the kafka sink")),
+        SinkKind::Kinesis => Err(unsupported("the kinesis sink")),
+    }
+}
+
+fn unsupported(what: &str) -> Error {
+    Error::config(format!(
+        "{what} is not available in cdc {} yet: use --source mysql with --sink stdout or file",
+        crate::encode::VERSION
+    ))
+}
+
+/// `cdc run`: streams until `shutdown`, the end of an `initial-only` snapshot, or a fatal
+/// error. The state directory stays locked for the whole run.
+pub async fn run(config: &Config, shutdown: Shutdown, retry_budget: Duration) -> Result<()> {
+    // Fail fast on settings before touching anything.
+    build_sink(config)?;
+    if let Some(addr) = config.metrics_addr {
+        crate::metrics::serve(addr)
+            .await
+            .map_err(|e| Error::config(format!("cannot listen on --metrics-addr {addr}")).with_source(e))?;
+    }
+    let mut store = SledStore::open(&config.state_dir, &config.name)?;
+    let mut backoff = INITIAL_BACKOFF;
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        let before = store.load()?;
+        let attempt = async {
+            let mut source = build_source(config, &store).await?;
+            let mut sink = build_sink(config)?;
+            let mut encoder = Encoder::new(&config.name, &config.topic_prefix, sink.wants_tombstones());
+            pipeline::run(
+                &mut source,
+                &mut sink,
+                &mut store,
+                &mut encoder,
+                &Settings::default(),
+                stopped(shutdown.clone()),
+            )
+            .await
+        };
+        let result = tokio::select! {
+            r = attempt => r,
+            // A stop while connecting: nothing is in flight yet.
+            () = stopped(shutdown.clone()), if !*shutdown.borrow() => Ok(Stopped::Shutdown),
+        };
+        crate::metrics::UP.store(0, std::sync::atomic::Ordering::Relaxed);
+        let err = match result {
+            Ok(Stopped::Shutdown) => {
+                tracing::info!(position = ?store.load()?.map(|p| p.to_string()), "stopped");
+                return Ok(());
+            }
+            Ok(Stopped::End) => {
+                tracing::info!("snapshot finished (--snapshot initial-only)");
+                return Ok(());
+            }
+            Err(e) if e.is_transient() => e,
+            Err(e) => return Err(e),
+        };
+        if store.load()? != before {
+            failing_since = None;
+            backoff = INITIAL_BACKOFF;
+        }
+        let since = *failing_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= retry_budget {
+            return Err(Error::new(
+                Kind::Unavailable,
+                format!("giving up after {:?} without progress: {err}", retry_budget),
+            )
+            .with_source(err));
+        }
+        let wait = backoff.mul_f64(0.5 + fastrand::f64());
+        tracing::warn!(error = %crate::error::report(&err), retry_in = ?wait, "transient error: restarting from the stored offset");
+        crate::metrics::RESTARTS.inc();
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stopped(shutdown.clone()) => return Ok(()),
+        }
+    }
+}
+
+/// `cdc check`: prints one line per check; Ok(exit code).
+pub async fn check(config: &Config) -> Result<i32> {
+    let store = SledStore::open(&config.state_dir, &config.name);
+    let resume = match &store {
+        Ok(s) => s.load()?,
+        Err(e) => {
+            println!("warn  state directory: {e}");
+            None
+        }
+    };
+    let resume = match resume {
+        Some(crate::position::Position::Mysql(p)) => Some(p),
+        _ => None,
+    };
+    let checks = match config.source {
+        SourceKind::Mysql => preflight::checks(config, &mysql::opts(config)?, resume.as_ref()).await?,
+        SourceKind::Postgres => return Err(unsupported("the postgres source")),
+    };
+    let mut code = 0;
+    for c in &checks {
+        let label = match c.status {
+            preflight::Status::Ok => "ok  ",
+            preflight::Status::Warn => "warn",
+            preflight::Status::Fail(kind) => {
+                // Privilege problems (77) outrank setting problems (78).
+                code = code.max(kind.exit_code().min(77)).max(if kind == Kind::Auth { 77 } else { 0 });
+                if kind != Kind::Auth && code != 77 {
+                    code = kind.exit_code();
+                }
+                "FAIL"
+            }
+        };
+        println!("{label}  {:<26} {}", c.name, c.detail);
+    }
+    if let Err(e) = build_sink(config) {
+        println!("FAIL  {:<26} {e}", "sink");
+        code = if code == 0 { e.kind().exit_code() } else { code };
+    }
+    Ok(code)
+}
+
+/// `cdc offsets show`: the stored position as JSON (`null` when none).
+pub fn offsets_show(name: &str, dir: &Path) -> Result<String> {
+    let store = SledStore::open(dir, name)?;
+    let position = store.load()?;
+    Ok(serde_json::json!({ "name": name, "state_dir": dir, "position": position }).to_string())
+}
+
+/// `cdc offsets reset`: forgets the stored position.
+pub fn offsets_reset(name: &str, dir: &Path) -> Result<()> {
+    SledStore::open(dir, name)?.reset()
+}

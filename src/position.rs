@@ -1,0 +1,177 @@
+//! `Position`: where a source stands in its log, as stored in the offset store and shown by
+//! `cdc offsets show`. Positions are ordered so the store can refuse to move backwards.
+//!
+//! MySQL/MariaDB: the binlog coordinates `file:pos` of a transaction end (the file suffix
+//! compares as a number, so `binlog.1000000` follows `binlog.999999`), plus the GTID of that
+//! transaction for humans and failover. While an initial snapshot runs, `snapshot` records
+//! how far it got, so a crash resumes at the last finished chunk instead of from zero.
+//!
+//! Postgres: `(commit_lsn, lsn)`. A bare LSN is not an order of changes: transactions are
+//! decoded in commit order, and a change inside a late-committing transaction can carry an
+//! LSN lower than changes of transactions committed before it.
+
+use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+use std::fmt;
+
+/// A resumable position in a source's change log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "lowercase")]
+pub enum Position {
+    /// A MySQL/MariaDB binlog position.
+    Mysql(BinlogPosition),
+    /// A Postgres WAL position.
+    Postgres(PgPosition),
+}
+
+/// Binlog coordinates after a transaction, with the snapshot's progress while one runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BinlogPosition {
+    /// Binlog file name, e.g. `binlog.000003`.
+    pub file: String,
+    /// Byte offset in `file` where the next event starts.
+    pub pos: u64,
+    /// GTID of the last transaction before `pos` (`0-1-15` MariaDB, `uuid:n` MySQL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gtid: Option<String>,
+    /// Set while the initial snapshot is incomplete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotProgress>,
+}
+
+/// How far an initial snapshot got: the tables fully read and the last key read of the
+/// current table. `chunks` counts finished chunks and orders progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotProgress {
+    /// Finished chunks since the snapshot began.
+    pub chunks: u64,
+    /// Tables read completely (`db.table`).
+    pub done: Vec<String>,
+    /// Table being read and the JSON primary key of its last row read, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// Last key read in `table`, as a JSON array of the key columns in key order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_key: Option<String>,
+}
+
+/// A Postgres position: the commit LSN of a transaction and an LSN inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgPosition {
+    /// LSN of the commit record of the transaction.
+    pub commit_lsn: u64,
+    /// LSN of the change inside the transaction (equal to `commit_lsn` at its end).
+    pub lsn: u64,
+}
+
+impl BinlogPosition {
+    /// Position `pos` in `file`, without GTID or snapshot.
+    pub fn new(file: impl Into<String>, pos: u64) -> Self {
+        BinlogPosition { file: file.into(), pos, gtid: None, snapshot: None }
+    }
+
+    /// `(base name, numeric suffix)` of the file, when it has a numeric suffix.
+    fn file_key(&self) -> Option<(&str, u64)> {
+        let (base, suffix) = self.file.rsplit_once('.')?;
+        Some((base, suffix.parse().ok()?))
+    }
+}
+
+impl PartialOrd for BinlogPosition {
+    /// Binlog order; `None` when the files have different base names (not comparable).
+    /// A finished snapshot (no progress) comes after any progress at the same coordinates.
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        let (a, b) = (self.file_key()?, other.file_key()?);
+        if a.0 != b.0 {
+            return None;
+        }
+        let snap = |p: &Self| p.snapshot.as_ref().map_or(u64::MAX, |s| s.chunks);
+        Some((a.1, self.pos, snap(self)).cmp(&(b.1, other.pos, snap(other))))
+    }
+}
+
+impl PartialOrd for Position {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        match (self, other) {
+            (Position::Mysql(a), Position::Mysql(b)) => a.partial_cmp(b),
+            (Position::Postgres(a), Position::Postgres(b)) => a.partial_cmp(b),
+            _ => None,
+        }
+    }
+}
+
+/// Formats an LSN the way Postgres does: `16/B374D848`.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+/// Parses an LSN in Postgres's `X/Y` form.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Position::Mysql(p) => {
+                write!(f, "{}:{}", p.file, p.pos)?;
+                if let Some(g) = &p.gtid {
+                    write!(f, " (gtid {g})")?;
+                }
+                if let Some(s) = &p.snapshot {
+                    write!(f, " (snapshot: {} chunks done)", s.chunks)?;
+                }
+                Ok(())
+            }
+            Position::Postgres(p) => {
+                write!(f, "{} (commit {})", format_lsn(p.lsn), format_lsn(p.commit_lsn))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(file: &str, pos: u64) -> Position {
+        Position::Mysql(BinlogPosition::new(file, pos))
+    }
+
+    #[test]
+    fn binlog_suffix_orders_as_a_number() {
+        assert!(at("binlog.999999", 900) < at("binlog.1000000", 4));
+        assert!(at("binlog.000002", 4) > at("binlog.000001", 99999));
+        assert!(at("binlog.000002", 5) > at("binlog.000002", 4));
+        assert_eq!(at("a.000001", 4).partial_cmp(&at("b.000001", 4)), None);
+    }
+
+    #[test]
+    fn finished_snapshot_follows_progress_at_same_coordinates() {
+        let mut during = BinlogPosition::new("binlog.000001", 10);
+        during.snapshot = Some(SnapshotProgress { chunks: 3, done: vec![], table: None, last_key: None });
+        let later = BinlogPosition { snapshot: None, ..during.clone() };
+        assert!(Position::Mysql(during) < Position::Mysql(later));
+    }
+
+    #[test]
+    fn lsn_round_trips_and_orders_by_commit_first() {
+        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        let a = Position::Postgres(PgPosition { commit_lsn: 200, lsn: 50 });
+        let b = Position::Postgres(PgPosition { commit_lsn: 100, lsn: 90 });
+        assert!(a > b);
+    }
+
+    #[test]
+    fn json_form_is_stable() {
+        let p = at("binlog.000003", 1187);
+        let s = serde_json::to_string(&p).unwrap();
+        assert_eq!(s, r#"{"source":"mysql","file":"binlog.000003","pos":1187}"#);
+        assert_eq!(serde_json::from_str::<Position>(&s).unwrap(), p);
+    }
+}

@@ -1,0 +1,184 @@
+//! MySQL/MariaDB source: preflight, initial snapshot, then binlog streaming from the exact
+//! position, in a background task that feeds a bounded channel (the pipeline's
+//! backpressure). MySQL keeps binlogs regardless of readers, so `ack` has nothing to release.
+
+mod binlog;
+pub mod decode;
+pub mod preflight;
+mod snapshot;
+
+use crate::config::{Config, SnapshotMode, TablePattern};
+use crate::error::{Error, Kind, Result};
+use crate::position::{BinlogPosition, Position};
+use crate::source::{Source, SourceMessage};
+use tokio::sync::mpsc;
+
+pub use binlog::{HEARTBEAT, Reader, statement_target};
+
+/// Messages buffered between the reader task and the pipeline: enough to keep both busy,
+/// bounded so a slow sink stops the reader instead of growing memory.
+pub const SOURCE_CHANNEL: usize = 8192;
+
+/// Which tables are captured (`--tables` minus `--exclude-tables`); system schemas never are.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    tables: Vec<TablePattern>,
+    exclude: Vec<TablePattern>,
+}
+
+impl Filter {
+    /// The filter of a configuration.
+    pub fn new(config: &Config) -> Self {
+        Filter { tables: config.tables.clone(), exclude: config.exclude_tables.clone() }
+    }
+
+    /// True when `db.table` is captured.
+    pub fn captures(&self, db: &str, table: &str) -> bool {
+        !matches!(db, "mysql" | "information_schema" | "performance_schema" | "sys")
+            && (self.tables.is_empty() || self.tables.iter().any(|p| p.matches(db, table)))
+            && !self.exclude.iter().any(|p| p.matches(db, table))
+    }
+}
+
+/// Connection options from the source URL (`mariadb://` accepted as `mysql://`).
+pub fn opts(config: &Config) -> Result<mysql_async::Opts> {
+    let mut url = config.source_url.expose().clone();
+    if url.scheme() != "mysql" {
+        let _ = url.set_scheme("mysql");
+    }
+    let opts = mysql_async::Opts::from_url(url.as_str()).map_err(|_| {
+        Error::config(format!(
+            "cannot use --source-url {}: expected mysql://user:pass@host:3306",
+            config.source_url
+        ))
+    })?;
+    Ok(mysql_async::OptsBuilder::from_opts(opts).prefer_socket(false).into())
+}
+
+/// Maps a driver error to what to do next: wrong credentials or missing privileges stop
+/// with 77, a purged binlog with 66, everything else is retried.
+pub fn classify(e: mysql_async::Error, doing: &str) -> Error {
+    if let mysql_async::Error::Server(s) = &e {
+        let (kind, hint) = match s.code {
+            1045 | 1044 => (Kind::Auth, "check the user and password in --source-url"),
+            1142 | 1143 | 1227 | 1370 => (Kind::Auth, "grant the privileges `cdc check` lists"),
+            1236 => (
+                Kind::PositionLost,
+                "the stored binlog position is no longer on the server (binlog purged?): run `cdc offsets reset --yes` and start again to take a new snapshot",
+            ),
+            1049 | 1146 => (Kind::Config, "check --tables"),
+            _ => (Kind::Unavailable, "will retry"),
+        };
+        let msg = format!("MySQL error {} while trying to {doing}: {}: {hint}", s.code, s.message);
+        return Error::new(kind, msg).with_source(e);
+    }
+    Error::unavailable(format!("cannot {doing}: the database is unreachable")).with_source(e)
+}
+
+/// A running MySQL/MariaDB source.
+pub struct MysqlSource {
+    rx: mpsc::Receiver<Result<SourceMessage>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MysqlSource {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MysqlSource {
+    /// Checks the server, then starts reading: snapshot first when `resume` is empty (or a
+    /// snapshot was interrupted) and the snapshot mode asks for one, else the binlog.
+    pub async fn start(config: &Config, resume: Option<Position>) -> Result<Self> {
+        let resume = match resume {
+            None => None,
+            Some(Position::Mysql(p)) => Some(p),
+            Some(other) => {
+                return Err(Error::config(format!(
+                    "the stored offset {other} is not a MySQL position: use another --name or `cdc offsets reset`"
+                )));
+            }
+        };
+        let opts = opts(config)?;
+        preflight::require(config, &opts, resume.as_ref()).await?;
+        let (tx, rx) = mpsc::channel(SOURCE_CHANNEL);
+        let filter = Filter::new(config);
+        let (server_id, mode) = (config.server_id, config.snapshot);
+        let task = tokio::spawn(async move {
+            let result = run(opts, server_id, mode, filter, resume, tx.clone()).await;
+            if let Err(e) = result {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        Ok(MysqlSource { rx, task })
+    }
+}
+
+async fn run(
+    opts: mysql_async::Opts,
+    server_id: u32,
+    mode: SnapshotMode,
+    filter: Filter,
+    resume: Option<BinlogPosition>,
+    tx: mpsc::Sender<Result<SourceMessage>>,
+) -> Result<()> {
+    let needs_snapshot = match &resume {
+        None => mode != SnapshotMode::Never,
+        Some(p) => p.snapshot.is_some(),
+    };
+    let start = match resume {
+        Some(p) if p.snapshot.is_none() => p,
+        resumed if needs_snapshot => {
+            let Some(start) = snapshot::run(&opts, &filter, resumed, &tx).await? else {
+                return Ok(());
+            };
+            if mode == SnapshotMode::InitialOnly {
+                let _ = tx.send(Ok(SourceMessage::End)).await;
+                return Ok(());
+            }
+            start
+        }
+        _ => current_position(&opts).await?,
+    };
+    binlog::stream(opts, server_id, filter, start, tx).await
+}
+
+/// The server's current binlog end (where `--snapshot never` starts).
+pub async fn current_position(opts: &mysql_async::Opts) -> Result<BinlogPosition> {
+    use mysql_async::prelude::Queryable;
+    let mut conn = mysql_async::Conn::new(opts.clone()).await.map_err(|e| classify(e, "connect"))?;
+    // MySQL 8.4 renamed SHOW MASTER STATUS; MariaDB and older MySQL know only the old name.
+    let row: Option<(String, u64)> = match conn.query_first("SHOW BINARY LOG STATUS").await {
+        Ok(r) => r.map(|r: mysql_async::Row| (r.get(0).unwrap_or_default(), r.get(1).unwrap_or_default())),
+        Err(_) => conn
+            .query_first("SHOW MASTER STATUS")
+            .await
+            .map_err(|e| classify(e, "read the binlog position"))?
+            .map(|r: mysql_async::Row| (r.get(0).unwrap_or_default(), r.get(1).unwrap_or_default())),
+    };
+    let (file, pos) = row.ok_or_else(|| Error::config("the server has no binary log: set log_bin=ON"))?;
+    let gtid = gtid_at(&mut conn, &file, pos).await;
+    let _ = conn.disconnect().await;
+    Ok(BinlogPosition { file, pos, gtid, snapshot: None })
+}
+
+/// MariaDB's GTID position at binlog coordinates (None on MySQL or when unknown).
+async fn gtid_at(conn: &mut mysql_async::Conn, file: &str, pos: u64) -> Option<String> {
+    use mysql_async::prelude::Queryable;
+    let r: Option<Option<String>> =
+        conn.exec_first("SELECT BINLOG_GTID_POS(?, ?)", (file, pos)).await.ok()?;
+    r.flatten().filter(|g| !g.is_empty())
+}
+
+impl Source for MysqlSource {
+    async fn next(&mut self) -> Result<SourceMessage> {
+        match self.rx.recv().await {
+            Some(m) => m,
+            None => Err(Error::internal("the MySQL reader task ended unexpectedly")),
+        }
+    }
+    async fn ack(&mut self, _upto: &Position) -> Result<()> {
+        Ok(())
+    }
+}
