@@ -71,24 +71,18 @@ pub async fn run(config: &Config, shutdown: Shutdown, retry_budget: Duration) ->
     loop {
         let before = store.load()?;
         let attempt = async {
-            let mut source = build_source(config, &store).await?;
-            let mut sink = build_sink(config)?;
+            // A stop while connecting ends the attempt at once: nothing is in flight yet.
+            let source = tokio::select! {
+                s = build_source(config, &store) => s?,
+                () = stopped(shutdown.clone()) => return Ok(Stopped::Shutdown),
+            };
+            let (mut source, mut sink) = (source, build_sink(config)?);
             let mut encoder = Encoder::new(&config.name, &config.topic_prefix, sink.wants_tombstones());
-            pipeline::run(
-                &mut source,
-                &mut sink,
-                &mut store,
-                &mut encoder,
-                &Settings::default(),
-                stopped(shutdown.clone()),
-            )
-            .await
+            // Once streaming, only the pipeline watches the signal, so it can drain first.
+            let stop = stopped(shutdown.clone());
+            pipeline::run(&mut source, &mut sink, &mut store, &mut encoder, &Settings::default(), stop).await
         };
-        let result = tokio::select! {
-            r = attempt => r,
-            // A stop while connecting: nothing is in flight yet.
-            () = stopped(shutdown.clone()), if !*shutdown.borrow() => Ok(Stopped::Shutdown),
-        };
+        let result = attempt.await;
         crate::metrics::UP.store(0, std::sync::atomic::Ordering::Relaxed);
         let err = match result {
             Ok(Stopped::Shutdown) => {
@@ -148,14 +142,12 @@ pub async fn check(config: &Config) -> Result<i32> {
         let label = match c.status {
             preflight::Status::Ok => "ok  ",
             preflight::Status::Warn => "warn",
-            preflight::Status::Fail(kind) => {
-                // Privilege problems (77) outrank setting problems (78).
-                code = code.max(kind.exit_code().min(77)).max(if kind == Kind::Auth { 77 } else { 0 });
-                if kind != Kind::Auth && code != 77 {
-                    code = kind.exit_code();
-                }
+            // A privilege problem (77) outranks a setting problem (78): fix access first.
+            preflight::Status::Fail(kind) if kind == Kind::Auth || code == 0 => {
+                code = kind.exit_code();
                 "FAIL"
             }
+            preflight::Status::Fail(_) => "FAIL",
         };
         println!("{label}  {:<26} {}", c.name, c.detail);
     }

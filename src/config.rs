@@ -21,64 +21,64 @@ pub const DEFAULT_STATE_DIR: &str = "./cdc-state";
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct Flags {
     /// TOML configuration file
-    #[arg(long, env = "CDC_CONFIG", value_name = "FILE")]
+    #[arg(long, env = "CDC_CONFIG", hide_env_values = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Connector name; offsets, slot and topic prefix derive from it [default: cdc]
-    #[arg(long, env = "CDC_NAME")]
+    #[arg(long, env = "CDC_NAME", hide_env_values = true)]
     pub name: Option<String>,
     /// Source database: mysql (also MariaDB) or postgres
-    #[arg(long, env = "CDC_SOURCE", value_name = "mysql|postgres")]
+    #[arg(long, env = "CDC_SOURCE", hide_env_values = true, value_name = "mysql|postgres")]
     pub source: Option<String>,
     /// mysql://user:pass@host:3306 or postgres://user:pass@host:5432/db
-    #[arg(long, env = "CDC_SOURCE_URL", value_name = "URL")]
+    #[arg(long, env = "CDC_SOURCE_URL", hide_env_values = true, value_name = "URL")]
     pub source_url: Option<String>,
     /// Comma list of db.table / schema.table patterns, `*` allowed [default: all tables]
-    #[arg(long, env = "CDC_TABLES", value_name = "PATTERNS")]
+    #[arg(long, env = "CDC_TABLES", hide_env_values = true, value_name = "PATTERNS")]
     pub tables: Option<String>,
     /// Patterns removed after --tables
-    #[arg(long, env = "CDC_EXCLUDE_TABLES", value_name = "PATTERNS")]
+    #[arg(long, env = "CDC_EXCLUDE_TABLES", hide_env_values = true, value_name = "PATTERNS")]
     pub exclude_tables: Option<String>,
     /// Where changes go: stdout, file, kafka, kinesis [default: stdout]
-    #[arg(long, env = "CDC_SINK", value_name = "SINK")]
+    #[arg(long, env = "CDC_SINK", hide_env_values = true, value_name = "SINK")]
     pub sink: Option<String>,
     /// File sink: JSON lines are appended to this file
-    #[arg(long, env = "CDC_FILE_PATH", value_name = "PATH")]
+    #[arg(long, env = "CDC_FILE_PATH", hide_env_values = true, value_name = "PATH")]
     pub file_path: Option<PathBuf>,
     /// Kafka bootstrap servers, host:port[,host:port]
-    #[arg(long, env = "CDC_KAFKA_BROKERS", value_name = "HOSTS")]
+    #[arg(long, env = "CDC_KAFKA_BROKERS", hide_env_values = true, value_name = "HOSTS")]
     pub kafka_brokers: Option<String>,
     /// librdkafka setting key=value (repeatable; the env variable holds one)
-    #[arg(long, env = "CDC_KAFKA_OPTION", value_name = "KEY=VALUE")]
+    #[arg(long, env = "CDC_KAFKA_OPTION", hide_env_values = true, value_name = "KEY=VALUE")]
     pub kafka_option: Vec<String>,
     /// Kinesis stream that receives every table's changes
-    #[arg(long, env = "CDC_KINESIS_STREAM", value_name = "STREAM")]
+    #[arg(long, env = "CDC_KINESIS_STREAM", hide_env_values = true, value_name = "STREAM")]
     pub kinesis_stream: Option<String>,
     /// Kinesis endpoint URL (LocalStack, kinesis-mock) [default: AWS]
-    #[arg(long, env = "CDC_KINESIS_ENDPOINT", value_name = "URL")]
+    #[arg(long, env = "CDC_KINESIS_ENDPOINT", hide_env_values = true, value_name = "URL")]
     pub kinesis_endpoint: Option<String>,
     /// Prefix of topic names [default: --name]
-    #[arg(long, env = "CDC_TOPIC_PREFIX", value_name = "PREFIX")]
+    #[arg(long, env = "CDC_TOPIC_PREFIX", hide_env_values = true, value_name = "PREFIX")]
     pub topic_prefix: Option<String>,
     /// Directory of the local offset store [default: ./cdc-state]
-    #[arg(long, env = "CDC_STATE_DIR", value_name = "DIR")]
+    #[arg(long, env = "CDC_STATE_DIR", hide_env_values = true, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// initial, never or initial-only [default: initial]
-    #[arg(long, env = "CDC_SNAPSHOT", value_name = "MODE")]
+    #[arg(long, env = "CDC_SNAPSHOT", hide_env_values = true, value_name = "MODE")]
     pub snapshot: Option<String>,
     /// MySQL replica server id for the binlog dump [default: derived from --name]
-    #[arg(long, env = "CDC_SERVER_ID", value_name = "ID")]
+    #[arg(long, env = "CDC_SERVER_ID", hide_env_values = true, value_name = "ID")]
     pub server_id: Option<String>,
     /// Postgres replication slot [default: cdc_<name>]
-    #[arg(long, env = "CDC_SLOT")]
+    #[arg(long, env = "CDC_SLOT", hide_env_values = true)]
     pub slot: Option<String>,
     /// Postgres publication [default: cdc_<name>]
-    #[arg(long, env = "CDC_PUBLICATION")]
+    #[arg(long, env = "CDC_PUBLICATION", hide_env_values = true)]
     pub publication: Option<String>,
     /// host:port serving Prometheus /metrics and /health [default: off]
-    #[arg(long, env = "CDC_METRICS_ADDR", value_name = "ADDR")]
+    #[arg(long, env = "CDC_METRICS_ADDR", hide_env_values = true, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
     /// Log format on stderr: text or json [default: text]
-    #[arg(long, env = "CDC_LOG_FORMAT", value_name = "FORMAT")]
+    #[arg(long, env = "CDC_LOG_FORMAT", hide_env_values = true, value_name = "FORMAT")]
     pub log_format: Option<String>,
 }
 

@@ -13,6 +13,9 @@
 //! (`FuturesOrdered` yields in send order). Stored offsets are flushed at most every
 //! [`OFFSET_FLUSH_INTERVAL`] and always at the end.
 //!
+//! A source error drains the same way before it is returned: what committed before the
+//! error is delivered and stored, so a restart does not resend it.
+//!
 //! Graceful stop: stop reading at the next transaction end (waiting at most
 //! [`STOP_GRACE`]), drop records of a transaction left unfinished, drain what is in
 //! flight, store the last acknowledged position. A restart then repeats nothing.
@@ -130,6 +133,8 @@ pub async fn run<S: Source, K: Sink, O: OffsetStore>(
     };
     let mut stop_at: Option<Instant> = None;
     let mut ended = false;
+    // A source error still lets complete transactions before it reach the sink.
+    let mut source_error = None;
     let far = Instant::now() + Duration::from_secs(86400 * 365);
     let result = loop {
         let stopping = stop_at.is_some();
@@ -138,7 +143,12 @@ pub async fn run<S: Source, K: Sink, O: OffsetStore>(
             break Ok(if ended { Stopped::End } else { Stopped::Shutdown });
         }
         let can_read = inflight.len() < settings.max_in_flight;
-        let store_due = st.last_store + settings.offset_flush_interval;
+        // The first position is stored at once: a crash right after start must not leave
+        // the store empty (which would mean a new snapshot).
+        let store_due = match st.stored {
+            None => st.last_store,
+            Some(_) => st.last_store + settings.offset_flush_interval,
+        };
         tokio::select! {
             biased;
             // Deliveries first: they release memory and move the offset.
@@ -171,7 +181,10 @@ pub async fn run<S: Source, K: Sink, O: OffsetStore>(
                 }
             }
             msg = source.next(), if can_read => match msg {
-                Err(e) => break Err(e),
+                Err(e) => {
+                    source_error = Some(e);
+                    break Ok(Stopped::Shutdown);
+                }
                 Ok(SourceMessage::Change(ev)) => {
                     let before = st.records.len();
                     encoder.encode(&ev, &mut st.records);
@@ -205,7 +218,10 @@ pub async fn run<S: Source, K: Sink, O: OffsetStore>(
     let stored = store(&mut st, source, offsets).await;
     let stopped = result?;
     stored?;
-    Ok(stopped)
+    match source_error {
+        Some(e) => Err(e),
+        None => Ok(stopped),
+    }
 }
 
 type InFlight =

@@ -1,1 +1,11 @@
+//! Integration tests: one binary, against the real MariaDB, PostgreSQL and Apache Kafka that
+//! `scripts/testbed up` starts (URLs from `scripts/testbed env`, loopback defaults). Each
+//! test makes its own database and state directory, so tests run in parallel; the few that
+//! change server-wide settings take the write side of `support::SERVER`.
 
+mod cli;
+mod mysql_e2e;
+mod mysql_faults;
+mod mysql_types;
+mod support;
+mod testbed;

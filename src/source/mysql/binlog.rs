@@ -87,6 +87,9 @@ impl Reader {
         let Some(data) = data else { return Ok(()) };
         let ts_ms = header.timestamp() as i64 * 1000;
         match data {
+            // The artificial rotate that opens a stream (log_pos 0) names the file we asked
+            // for, and arrives before the checksum setting is known: its name is unreliable.
+            EventData::RotateEvent(_) if header.log_pos() == 0 => {}
             EventData::RotateEvent(r) => self.file = r.name().into_owned().into(),
             EventData::GtidEvent(g) => {
                 self.begin(start);

@@ -265,6 +265,11 @@ pub fn map_value(col: &Column, raw: BinlogValue<'_>) -> std::result::Result<Valu
             Value::Geometry { srid: u32::from_le_bytes([b[0], b[1], b[2], b[3]]), wkb: b[4..].to_vec() }
         }
         (MYSQL_TYPE_JSON, MyValue::Bytes(b)) => Value::Text(text(b, 45)?),
+        // BINARY(n) is stored without its trailing zero padding; the column's value has it.
+        (MYSQL_TYPE_STRING, MyValue::Bytes(mut b)) if col.charset == BINARY => {
+            b.resize(b.len().max(string_len(&col.meta)), 0);
+            Value::Bytes(b)
+        }
         (ty, MyValue::Bytes(b)) if ty.is_character_type() => match col.charset {
             BINARY => Value::Bytes(b),
             cs => Value::Text(text(b, cs)?),
@@ -272,6 +277,15 @@ pub fn map_value(col: &Column, raw: BinlogValue<'_>) -> std::result::Result<Valu
         (_, MyValue::Bytes(b)) => Value::Bytes(b),
         (ty, other) => return Err(format!("unexpected value {other:?} for type {ty:?}")),
     })
+}
+
+/// Declared byte length of a CHAR/BINARY column from its table-map metadata.
+fn string_len(meta: &[u8]) -> usize {
+    match meta {
+        [b0, b1, ..] if b0 & 0x30 != 0x30 => *b1 as usize | ((((*b0 & 0x30) ^ 0x30) as usize) << 4),
+        [_, b1, ..] => *b1 as usize,
+        _ => 0,
+    }
 }
 
 /// FLOAT columns hold f32: print the shortest decimal that round-trips as f32 (`1.1`, not

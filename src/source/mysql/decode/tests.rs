@@ -82,6 +82,9 @@ fn strings_by_charset() {
     assert_eq!(decode(&c, b"\x02\xe9\x80"), text_of("é€"));
     c.charset = 63;
     assert_eq!(decode(&c, b"\x02\x00\xff"), Value::Bytes(vec![0, 255]));
+    let mut binary4 = col(MYSQL_TYPE_STRING, &[MYSQL_TYPE_STRING as u8, 4]);
+    binary4.charset = 63;
+    assert_eq!(decode(&binary4, b"\x02ab"), Value::Bytes(b"ab\0\0".to_vec()), "BINARY(4) keeps its padding");
     c.charset = 45;
     let mut buf = ParseBuf(b"\x02\xff\xfe");
     let raw: BinlogValue<'_> = buf.parse((c.ty, c.meta.as_slice(), false, false)).unwrap();

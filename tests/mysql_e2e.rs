@@ -1,0 +1,268 @@
+//! MariaDB -> file sink end to end: commit order, transactions, key changes, DDL under
+//! writes, the snapshot/stream seam, and exact resume.
+
+use crate::support::*;
+use mysql_async::prelude::Queryable;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn transactions_arrive_in_commit_order_and_rollbacks_produce_nothing() {
+    let _s = SERVER.read().await;
+    let db = unique("order");
+    database(
+        &db,
+        &[
+            "CREATE TABLE a (id INT PRIMARY KEY, v VARCHAR(10))",
+            "CREATE TABLE b (tenant VARCHAR(5), id INT, v INT, PRIMARY KEY (tenant, id))",
+            "CREATE TABLE c (x INT)",
+        ],
+    )
+    .await;
+    let dir = workdir("order");
+    let mut cdc = Running::mysql(&dir, &format!("{db}.*"), &[]);
+    cdc.wait_log("streaming the binlog", T).await;
+    let mut c = mysql().await;
+    c.query_drop(format!("USE {db}")).await.unwrap();
+    for s in [
+        "BEGIN",
+        "INSERT INTO a VALUES (1, 'one')",
+        "INSERT INTO b VALUES ('t', 1, 10)",
+        "UPDATE a SET v = 'uno' WHERE id = 1",
+        "COMMIT",
+        "BEGIN",
+        "INSERT INTO a VALUES (2, 'lost')",
+        "ROLLBACK",
+        "INSERT INTO c VALUES (7)",
+        "UPDATE b SET id = 2 WHERE tenant = 't'",
+        "DELETE FROM a WHERE id = 1",
+        "INSERT INTO a VALUES (3, 'end')",
+    ] {
+        c.query_drop(s).await.unwrap();
+    }
+    let evs = cdc.wait_for("the final insert", T, |e| e.iter().any(|e| e["key"] == json!({"id": 3}))).await;
+    let got: Vec<(String, Value)> = ops(&evs.iter().collect::<Vec<_>>());
+    let want = vec![
+        ("c".to_string(), json!({"id": 1})),
+        ("c".into(), json!({"tenant": "t", "id": 1})),
+        ("u".into(), json!({"id": 1})),
+        ("c".into(), Value::Null),
+        ("d".into(), json!({"tenant": "t", "id": 1})),
+        ("c".into(), json!({"tenant": "t", "id": 2})),
+        ("d".into(), json!({"id": 1})),
+        ("c".into(), json!({"id": 3})),
+    ];
+    assert_eq!(got, want);
+    let tx: Vec<&Value> = evs[..3].iter().map(|e| &e["value"]["transaction"]).collect();
+    assert!(tx[0]["id"].is_string() && tx[0]["id"] == tx[2]["id"], "{tx:?}");
+    assert_eq!(
+        [&tx[0]["total_order"], &tx[1]["total_order"], &tx[2]["total_order"]],
+        [&json!(1), &json!(2), &json!(3)]
+    );
+    assert_eq!(tx[2]["data_collection_order"], 2, "second change to table a in the transaction");
+    assert_ne!(evs[3]["value"]["transaction"]["id"], tx[0]["id"]);
+    assert!(evs.iter().all(|e| e["value"]["after"]["v"] != "lost"));
+    assert_eq!(evs[2]["value"]["before"], json!({"id": 1, "v": "one"}));
+    assert!(cdc.stop().success());
+}
+
+#[tokio::test]
+async fn ddl_mid_stream_never_mixes_schemas() {
+    let _s = SERVER.read().await;
+    let db = unique("ddl");
+    database(&db, &["CREATE TABLE t (id INT PRIMARY KEY, v INT)"]).await;
+    let dir = workdir("ddl");
+    let mut cdc = Running::mysql(&dir, &format!("{db}.*"), &[]);
+    cdc.wait_log("streaming the binlog", T).await;
+    let writer = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let mut c = mysql().await;
+            c.query_drop(format!("USE {db}")).await.unwrap();
+            for i in 1..=400 {
+                // The table is renamed at i = 300: write to whichever name exists.
+                let table = if i > 300 { "t2" } else { "t" };
+                let col = if i > 200 { "w" } else { "v" };
+                c.query_drop(format!("INSERT INTO {table} (id, {col}) VALUES ({i}, {})", i * 10))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut c = mysql().await;
+    c.query_drop(format!("USE {db}")).await.unwrap();
+    let wait_rows = |n: usize| move |e: &[Value]| e.len() >= n;
+    cdc.wait_for("100 rows", T, wait_rows(100)).await;
+    c.query_drop("ALTER TABLE t ADD COLUMN extra VARCHAR(5) DEFAULT 'x' FIRST").await.unwrap();
+    cdc.wait_for("200 rows", T, wait_rows(190)).await;
+    c.query_drop("ALTER TABLE t CHANGE v w INT").await.unwrap_or(());
+    c.query_drop("RENAME TABLE t TO t2").await.unwrap_or(());
+    writer.await.unwrap_or(());
+    c.query_drop("ALTER TABLE t2 DROP COLUMN extra").await.unwrap();
+    c.query_drop("INSERT INTO t2 (id, w) VALUES (1000, 10000)").await.unwrap();
+    let evs = cdc.wait_for("row 1000", T, |e| e.iter().any(|e| e["key"]["id"] == 1000)).await;
+    let mut ids = std::collections::BTreeSet::new();
+    for e in &evs {
+        let after = &e["value"]["after"];
+        let id = after["id"].as_i64().unwrap();
+        let v = if after.get("w").is_some() { &after["w"] } else { &after["v"] };
+        assert_eq!(v.as_i64(), Some(id * 10), "wrong value under DDL: {e}");
+        let has_extra = after.get("extra").is_some();
+        if has_extra {
+            assert_eq!(after["extra"], "x", "{e}");
+        }
+        ids.insert(id);
+    }
+    assert!(evs.iter().any(|e| e["topic"].as_str().unwrap().ends_with(".t2")), "rename reached the topic");
+    assert!(evs.last().unwrap()["value"]["after"].get("extra").is_none(), "dropped column still present");
+    assert_eq!(ids.len(), evs.len(), "duplicate events");
+    assert!(cdc.stop().success());
+}
+
+#[tokio::test]
+async fn snapshot_of_100k_rows_under_writes_meets_the_stream_exactly() {
+    let _s = SERVER.read().await;
+    let db = unique("snap");
+    database(&db, &["CREATE TABLE t (id INT PRIMARY KEY, v INT, pad VARCHAR(200))"]).await;
+    sql(&[&format!("INSERT INTO {db}.t SELECT seq, 0, REPEAT('p', 200) FROM {db}.seq_1_to_100000")]).await;
+    let dir = workdir("snap");
+    let mut cdc = Running::mysql(&dir, &format!("{db}.t"), &[]);
+    // Write while the snapshot runs: updates, deletes and inserts on random keys.
+    let mut c = mysql().await;
+    c.query_drop(format!("USE {db}")).await.unwrap();
+    let start = std::time::Instant::now();
+    let mut n = 0u32;
+    while start.elapsed() < Duration::from_secs(4) {
+        let id = fastrand::i32(1..=100_000);
+        n += 1;
+        let s = match n % 3 {
+            0 => format!("UPDATE t SET v = v + 1 WHERE id = {id}"),
+            1 => format!("DELETE FROM t WHERE id = {id}"),
+            _ => {
+                format!("INSERT INTO t VALUES ({}, 1, 'new') ON DUPLICATE KEY UPDATE v = v + 1", 100_000 + n)
+            }
+        };
+        c.query_drop(s).await.unwrap();
+    }
+    c.query_drop("INSERT INTO t VALUES (0, -1, 'marker')").await.unwrap();
+    let evs = cdc
+        .wait_for("the marker row", Duration::from_secs(180), |e| e.iter().any(|e| e["key"]["id"] == 0))
+        .await;
+    let rows: Vec<(i32, i32)> = c.query("SELECT id, v FROM t").await.unwrap();
+    let mut last: HashMap<i64, Option<i64>> = HashMap::new();
+    for e in &evs {
+        let id = e["key"]["id"].as_i64().unwrap();
+        let after = &e["value"]["after"];
+        last.insert(id, after["v"].as_i64());
+    }
+    let live: BTreeMap<i64, i64> = last.iter().filter_map(|(k, v)| v.map(|v| (*k, v))).collect();
+    let want: BTreeMap<i64, i64> = rows.iter().map(|(id, v)| (*id as i64, *v as i64)).collect();
+    assert_eq!(live.len(), want.len(), "keys missing or extra after snapshot + stream");
+    assert!(live == want, "last event per key differs from SELECT");
+    let snap: Vec<&Value> = evs.iter().filter(|e| e["value"]["op"] == "r").collect();
+    assert!(snap.len() >= 99_000, "snapshot rows: {}", snap.len());
+    assert_eq!(snap.last().unwrap()["value"]["source"]["snapshot"], "last");
+    assert!(snap[..snap.len() - 1].iter().all(|e| e["value"]["source"]["snapshot"] == "true"));
+    assert!(cdc.stderr().contains("snapshot finished"));
+    assert!(cdc.stop().success());
+}
+
+/// A writer of single-row transactions: inserts id 1.., and bumps the previous row's `v`.
+/// Returns every committed `(id, v)`.
+async fn write(db: &str, from: i64, n: i64) -> Vec<(i64, i64)> {
+    let mut c = mysql().await;
+    c.query_drop(format!("USE {db}")).await.unwrap();
+    let mut done = vec![];
+    for id in from..from + n {
+        c.query_drop(format!("INSERT INTO t VALUES ({id}, 0)")).await.unwrap();
+        done.push((id, 0));
+        if id > from {
+            c.query_drop(format!("UPDATE t SET v = 1 WHERE id = {}", id - 1)).await.unwrap();
+            done.push((id - 1, 1));
+        }
+    }
+    done
+}
+
+fn seen(evs: &[Value]) -> Vec<(i64, i64)> {
+    evs.iter()
+        .filter(|e| e["value"]["op"] != "r")
+        .map(|e| (e["key"]["id"].as_i64().unwrap(), e["value"]["after"]["v"].as_i64().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn graceful_restart_repeats_nothing() {
+    let _s = SERVER.read().await;
+    let db = unique("graceful");
+    database(&db, &["CREATE TABLE t (id BIGINT PRIMARY KEY, v INT)"]).await;
+    let dir = workdir("graceful");
+    let mut all = vec![];
+    for round in 0..3 {
+        let mut cdc = Running::mysql(&dir, &format!("{db}.t"), &[]);
+        cdc.wait_log("streaming the binlog", T).await;
+        let writer = tokio::spawn({
+            let db = db.clone();
+            async move { write(&db, round * 1000 + 1, 300).await }
+        });
+        // Stop mid-stream, while the writer is still writing.
+        cdc.wait_for("some rows", T, |e| seen(e).len() > all.len() + 50).await;
+        assert!(cdc.stop().success());
+        all.extend(writer.await.unwrap());
+    }
+    let mut cdc = Running::mysql(&dir, &format!("{db}.t"), &[]);
+    let expected = all.len();
+    let evs = cdc.wait_for("every change", T, |e| seen(e).len() >= expected).await;
+    let got = seen(&evs);
+    let mut counts: HashMap<(i64, i64), usize> = HashMap::new();
+    for k in &got {
+        *counts.entry(*k).or_default() += 1;
+    }
+    let dups: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dups.is_empty(), "duplicates after graceful stops: {dups:?}");
+    assert_eq!(got, all, "lost or reordered changes");
+    assert!(cdc.stop().success());
+}
+
+#[tokio::test]
+async fn kill_9_five_times_under_writes_loses_nothing() {
+    let _s = SERVER.read().await;
+    let db = unique("kill");
+    database(&db, &["CREATE TABLE t (id BIGINT PRIMARY KEY, v INT)"]).await;
+    let dir = workdir("kill");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The first run streams before the writer starts, so every change is a streamed one.
+    let mut first = Some(Running::mysql(&dir, &format!("{db}.t"), &[]));
+    first.as_mut().unwrap().wait_log("streaming the binlog", T).await;
+    let writer = tokio::spawn({
+        let (db, done) = (db.clone(), done.clone());
+        async move {
+            let w = write(&db, 1, 4000).await;
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            w
+        }
+    });
+    for _ in 0..5 {
+        let mut cdc = first.take().unwrap_or_else(|| Running::mysql(&dir, &format!("{db}.t"), &[]));
+        cdc.wait_log("streaming the binlog", T).await;
+        let before = seen(&cdc.events()).len();
+        let more = fastrand::usize(20..400);
+        let done = done.clone();
+        cdc.wait_for("progress", T, move |e| {
+            done.load(std::sync::atomic::Ordering::SeqCst) || seen(e).len() > before + more
+        })
+        .await;
+        cdc.kill();
+    }
+    let committed = writer.await.unwrap();
+    let mut cdc = Running::mysql(&dir, &format!("{db}.t"), &[]);
+    let last = *committed.last().unwrap();
+    let evs = cdc.wait_for("the last change", T, |e| seen(e).contains(&last)).await;
+    let got: std::collections::HashSet<(i64, i64)> = seen(&evs).into_iter().collect();
+    let lost: Vec<_> = committed.iter().filter(|c| !got.contains(c)).collect();
+    assert!(lost.is_empty(), "{} committed changes lost: {:?}", lost.len(), &lost[..lost.len().min(10)]);
+    assert!(cdc.stop().success());
+}

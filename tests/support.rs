@@ -1,0 +1,223 @@
+//! Shared test helpers: server URLs, unique names, a `cdc` child process with a file sink,
+//! and waiting on its output with timeouts (never bare sleeps).
+
+#![allow(dead_code)]
+
+use mysql_async::prelude::Queryable;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Tests that change global server settings take the write side; all others the read side.
+pub static SERVER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+pub fn mysql_url() -> String {
+    std::env::var("CDC_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://cdc:cdc-test-pw@127.0.0.1:3307".into())
+}
+
+pub fn postgres_url() -> String {
+    std::env::var("CDC_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://cdc:cdc-test-pw@127.0.0.1:5433/cdc".into())
+}
+
+pub fn kafka_brokers() -> String {
+    std::env::var("CDC_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9093".into())
+}
+
+/// A name unique to this test run: `prefix_<pid>_<n>`.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+pub async fn mysql() -> mysql_async::Conn {
+    mysql_async::Conn::new(mysql_async::Opts::from_url(&mysql_url()).unwrap())
+        .await
+        .expect("MariaDB of the test bed (scripts/testbed up)")
+}
+
+/// Runs each statement on a fresh connection.
+pub async fn sql(statements: &[&str]) {
+    let mut c = mysql().await;
+    for s in statements {
+        c.query_drop(*s).await.unwrap_or_else(|e| panic!("{s}: {e}"));
+    }
+    c.disconnect().await.unwrap();
+}
+
+/// A fresh database `name` with `tables` created in it.
+pub async fn database(name: &str, tables: &[&str]) {
+    let mut c = mysql().await;
+    c.query_drop(format!("DROP DATABASE IF EXISTS {name}")).await.unwrap();
+    c.query_drop(format!("CREATE DATABASE {name}")).await.unwrap();
+    for t in tables {
+        c.query_drop(format!("USE {name}")).await.unwrap();
+        c.query_drop(*t).await.unwrap_or_else(|e| panic!("{t}: {e}"));
+    }
+    c.disconnect().await.unwrap();
+}
+
+/// The `cdc` binary under test.
+pub fn cdc() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cdc"));
+    // Keep the developer's environment out of the tests.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CDC_") && !k.starts_with("CDC_TEST") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+/// Runs `cdc args...` to completion: (exit code, stdout, stderr).
+pub fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = cdc().args(args).envs(env.iter().copied()).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// A running `cdc run` writing to a file sink in its own temp dir.
+pub struct Running {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub out: PathBuf,
+    pub state: PathBuf,
+    pub stderr: PathBuf,
+}
+
+/// A temp dir that outlives the test's handles (kept on failure for inspection).
+pub fn workdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join("cdc-tests").join(unique(name));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl Running {
+    /// Starts `cdc run --source mysql` for `tables` with a file sink in `dir`.
+    pub fn mysql(dir: &Path, tables: &str, extra: &[&str]) -> Running {
+        let (out, state, stderr) = (dir.join("out.jsonl"), dir.join("state"), dir.join("stderr.log"));
+        // Truncated per run, so waiting for a log line sees this run's.
+        let log = std::fs::File::create(&stderr).unwrap();
+        let url = mysql_url();
+        let mut args =
+            vec!["run", "--source", "mysql", "--source-url", &url, "--tables", tables, "--sink", "file"];
+        let (o, s) = (out.to_str().unwrap(), state.to_str().unwrap());
+        args.extend(["--file-path", o, "--state-dir", s]);
+        args.extend(extra);
+        let child = cdc().args(&args).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        Running { child, dir: dir.to_path_buf(), out, state, stderr }
+    }
+
+    /// SIGINT and wait: the graceful stop.
+    pub fn stop(mut self) -> ExitStatus {
+        signal(&self.child, "INT");
+        wait_exit(&mut self.child, Duration::from_secs(30))
+    }
+
+    /// SIGKILL: the crash.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        events(&self.out)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits until `pred(events)` holds; panics with the log on timeout or early exit.
+    pub async fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let evs = self.events();
+            if pred(&evs) {
+                return evs;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("cdc exited ({status}) while waiting for {what}; stderr:\n{}", self.stderr());
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what} ({} events); stderr:\n{}",
+                    evs.len(),
+                    self.stderr()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn signal(child: &Child, sig: &str) {
+    Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status().unwrap();
+}
+
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            panic!("cdc did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every line of a JSON-lines file (an unfinished last line is skipped).
+pub fn events(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Events of table `db.table` only.
+pub fn of_table<'a>(evs: &'a [Value], db: &str, table: &str) -> Vec<&'a Value> {
+    evs.iter()
+        .filter(|e| e["value"]["source"]["db"] == db && e["value"]["source"]["table"] == table)
+        .collect()
+}
+
+impl Running {
+    /// Waits until stderr contains `text` (e.g. "streaming the binlog").
+    pub async fn wait_log(&mut self, text: &str, timeout: Duration) {
+        let start = Instant::now();
+        while !self.stderr().contains(text) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("cdc exited ({status}) before logging {text:?}; stderr:\n{}", self.stderr());
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "no {text:?} in the log within {timeout:?}:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// `(op, key)` of each event, for compact assertions.
+pub fn ops(evs: &[&Value]) -> Vec<(String, Value)> {
+    evs.iter().map(|e| (e["value"]["op"].as_str().unwrap_or("-").to_owned(), e["key"].clone())).collect()
+}
