@@ -43,7 +43,10 @@ fn build_sink(config: &Config) -> Result<AnySink> {
         SinkKind::File => {
             Ok(AnySink::Lines(LinesSink::file(config.file_path.as_deref().unwrap_or(Path::new("")))?))
         }
-        SinkKind::Kafka => Err(unsupported("the kafka sink")),
+        #[cfg(feature = "kafka")]
+        SinkKind::Kafka => Ok(AnySink::Kafka(crate::sink::kafka::KafkaSink::new(config)?)),
+        #[cfg(not(feature = "kafka"))]
+        SinkKind::Kafka => Err(unsupported("the kafka sink (this build has no `kafka` feature)")),
         SinkKind::Kinesis => Err(unsupported("the kinesis sink")),
     }
 }
@@ -55,11 +58,19 @@ fn unsupported(what: &str) -> Error {
     ))
 }
 
+/// Checks that the configured source and sink exist in this build (before connecting).
+pub fn available(config: &Config) -> Result<()> {
+    if config.source == SourceKind::Postgres {
+        return Err(unsupported("the postgres source"));
+    }
+    build_sink(config).map(drop)
+}
+
 /// `cdc run`: streams until `shutdown`, the end of an `initial-only` snapshot, or a fatal
 /// error. The state directory stays locked for the whole run.
 pub async fn run(config: &Config, shutdown: Shutdown, retry_budget: Duration) -> Result<()> {
     // Fail fast on settings before touching anything.
-    build_sink(config)?;
+    available(config)?;
     if let Some(addr) = config.metrics_addr {
         crate::metrics::serve(addr)
             .await

@@ -193,12 +193,8 @@ pub fn write_value(w: &mut Vec<u8>, v: &Value) {
     match v {
         Value::Null => w.extend_from_slice(b"null"),
         Value::Bool(b) => w.extend_from_slice(if *b { b"true" } else { b"false" }),
-        Value::Int(i) => {
-            let _ = write!(w, "{i}");
-        }
-        Value::UInt(u) => {
-            let _ = write!(w, "{u}");
-        }
+        Value::Int(i) => w.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
+        Value::UInt(u) => w.extend_from_slice(itoa::Buffer::new().format(*u).as_bytes()),
         Value::Float(f) if f.is_nan() => w.extend_from_slice(b"\"NaN\""),
         Value::Float(f) if f.is_infinite() => {
             w.extend_from_slice(if *f > 0.0 { b"\"Infinity\"" } else { b"\"-Infinity\"" })

@@ -4,6 +4,8 @@
 //! change server-wide settings take the write side of `support::SERVER`.
 
 mod cli;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod mysql_e2e;
 mod mysql_faults;
 mod mysql_types;

@@ -98,16 +98,19 @@ pub fn workdir(name: &str) -> PathBuf {
 }
 
 impl Running {
-    /// Starts `cdc run --source mysql` for `tables` with a file sink in `dir`.
+    /// Starts `cdc run --source mysql` for `tables` with a file sink in `dir` (unless `extra`
+    /// names another `--sink`).
     pub fn mysql(dir: &Path, tables: &str, extra: &[&str]) -> Running {
         let (out, state, stderr) = (dir.join("out.jsonl"), dir.join("state"), dir.join("stderr.log"));
         // Truncated per run, so waiting for a log line sees this run's.
         let log = std::fs::File::create(&stderr).unwrap();
         let url = mysql_url();
-        let mut args =
-            vec!["run", "--source", "mysql", "--source-url", &url, "--tables", tables, "--sink", "file"];
+        let mut args = vec!["run", "--source", "mysql", "--source-url", &url, "--tables", tables];
         let (o, s) = (out.to_str().unwrap(), state.to_str().unwrap());
-        args.extend(["--file-path", o, "--state-dir", s]);
+        if !extra.contains(&"--sink") {
+            args.extend(["--sink", "file", "--file-path", o]);
+        }
+        args.extend(["--state-dir", s]);
         args.extend(extra);
         let child = cdc().args(&args).stdout(Stdio::null()).stderr(log).spawn().unwrap();
         Running { child, dir: dir.to_path_buf(), out, state, stderr }

@@ -7,6 +7,8 @@ use crate::error::Result;
 use std::pin::Pin;
 
 pub mod file;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 
 /// Records handed to a sink together.
 #[derive(Debug, Default)]
@@ -38,17 +40,24 @@ pub fn delivered() -> Delivery {
 pub enum AnySink {
     /// JSON lines on stdout or in a file.
     Lines(file::LinesSink),
+    /// Apache Kafka.
+    #[cfg(feature = "kafka")]
+    Kafka(kafka::KafkaSink),
 }
 
 impl Sink for AnySink {
     async fn send(&mut self, batch: Batch) -> Result<Delivery> {
         match self {
             AnySink::Lines(s) => s.send(batch).await,
+            #[cfg(feature = "kafka")]
+            AnySink::Kafka(s) => s.send(batch).await,
         }
     }
     fn wants_tombstones(&self) -> bool {
         match self {
             AnySink::Lines(s) => s.wants_tombstones(),
+            #[cfg(feature = "kafka")]
+            AnySink::Kafka(s) => s.wants_tombstones(),
         }
     }
 }

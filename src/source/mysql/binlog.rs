@@ -21,7 +21,6 @@ use mysql_common::io::ParseBuf;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 /// How often the server sends a heartbeat when idle; a silent connection is declared dead
 /// after three missed heartbeats.
@@ -36,7 +35,7 @@ pub struct Reader {
     filter: Filter,
     /// Table maps by table id; None for tables not captured. Keeps the raw event bytes so an
     /// unchanged table map (sent before every transaction) reuses the same `Arc<Table>`.
-    tables: HashMap<u64, (Vec<u8>, Option<TableInfo>)>,
+    tables: HashMap<u64, (Vec<u8>, Option<Arc<TableInfo>>)>,
     /// Last table info seen per `db.table`, for TRUNCATE events.
     by_name: HashMap<String, Arc<Table>>,
     file: Arc<str>,
@@ -45,7 +44,8 @@ pub struct Reader {
     tx_start: u64,
     thread: Option<u32>,
     order: u64,
-    per_table: HashMap<String, u64>,
+    /// Changes per table in the open transaction (few tables: a scan beats hashing names).
+    per_table: Vec<(Arc<Table>, u64)>,
 }
 
 impl Reader {
@@ -61,7 +61,7 @@ impl Reader {
             tx_start: 0,
             thread: None,
             order: 0,
-            per_table: HashMap::new(),
+            per_table: Vec::new(),
         }
     }
 
@@ -99,7 +99,7 @@ impl Reader {
                 let id = tme.table_id();
                 if self.tables.get(&id).is_none_or(|(raw, _)| raw.as_slice() != ev.data()) {
                     let captured = self.filter.captures(&tme.database_name(), &tme.table_name());
-                    let info = captured.then(|| table_info(&tme)).transpose()?;
+                    let info = captured.then(|| table_info(&tme).map(Arc::new)).transpose()?;
                     if let Some(info) = &info {
                         self.by_name.insert(info.table.qualified(), info.table.clone());
                     }
@@ -160,10 +160,20 @@ impl Reader {
         out.push(SourceMessage::Commit(Position::Mysql(pos)));
     }
 
-    fn transaction(&mut self, table: &Table) -> Transaction {
+    fn transaction(&mut self, table: &Arc<Table>) -> Transaction {
         self.order += 1;
-        let per_table = self.per_table.entry(table.qualified()).or_insert(0);
-        *per_table += 1;
+        let i =
+            match self.per_table.iter().position(|(t, _)| {
+                Arc::ptr_eq(t, table) || (t.schema == table.schema && t.name == table.name)
+            }) {
+                Some(i) => i,
+                None => {
+                    self.per_table.push((table.clone(), 0));
+                    self.per_table.len() - 1
+                }
+            };
+        self.per_table[i].1 += 1;
+        let per_table = &self.per_table[i].1;
         let id = match &self.gtid {
             Some(g) => g.clone(),
             None => format!("{}:{}", self.file, self.tx_start).into(),
@@ -354,7 +364,7 @@ pub async fn stream(
     server_id: u32,
     filter: Filter,
     start: BinlogPosition,
-    tx: mpsc::Sender<Result<SourceMessage>>,
+    tx: super::Tx,
 ) -> Result<()> {
     let mut conn =
         mysql_async::Conn::new(opts).await.map_err(|e| classify(e, "connect for the binlog stream"))?;
@@ -372,7 +382,7 @@ pub async fn stream(
     let mut reader = Reader::new(filter, &start.file, start.gtid.clone());
     let mut out = Vec::with_capacity(64);
     // The start position is stored at once, so changes made while cdc is down are found.
-    if tx.send(Ok(SourceMessage::Commit(Position::Mysql(start)))).await.is_err() {
+    if tx.send(Ok(vec![SourceMessage::Commit(Position::Mysql(start))])).await.is_err() {
         return Ok(());
     }
     loop {
@@ -394,10 +404,10 @@ pub async fn stream(
         if let Some(SourceMessage::Change(c)) = out.last() {
             crate::metrics::LAST_SOURCE_TS_MS.store(c.ts_ms, std::sync::atomic::Ordering::Relaxed);
         }
-        for m in out.drain(..) {
-            if tx.send(Ok(m)).await.is_err() {
-                return Ok(());
-            }
+        // One channel message per binlog event, not per row.
+        if !out.is_empty() && tx.send(Ok(std::mem::replace(&mut out, Vec::with_capacity(64)))).await.is_err()
+        {
+            return Ok(());
         }
     }
 }

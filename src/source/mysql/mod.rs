@@ -15,9 +15,13 @@ use tokio::sync::mpsc;
 
 pub use binlog::{HEARTBEAT, Reader, statement_target};
 
-/// Messages buffered between the reader task and the pipeline: enough to keep both busy,
-/// bounded so a slow sink stops the reader instead of growing memory.
-pub const SOURCE_CHANNEL: usize = 8192;
+/// Batches buffered between the reader task and the pipeline (a batch is one binlog event's
+/// rows, at most ~8 KiB of row data, or up to [`snapshot::SEND_ROWS`] snapshot rows): enough
+/// to keep both busy, bounded so a slow sink stops the reader instead of growing memory.
+pub const SOURCE_CHANNEL: usize = 64;
+
+/// What the reader task sends: messages in order, batched.
+type Tx = mpsc::Sender<Result<Vec<SourceMessage>>>;
 
 /// Which tables are captured (`--tables` minus `--exclude-tables`); system schemas never are.
 #[derive(Debug, Clone, Default)]
@@ -77,7 +81,8 @@ pub fn classify(e: mysql_async::Error, doing: &str) -> Error {
 
 /// A running MySQL/MariaDB source.
 pub struct MysqlSource {
-    rx: mpsc::Receiver<Result<SourceMessage>>,
+    rx: mpsc::Receiver<Result<Vec<SourceMessage>>>,
+    buf: std::vec::IntoIter<SourceMessage>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -111,7 +116,7 @@ impl MysqlSource {
                 let _ = tx.send(Err(e)).await;
             }
         });
-        Ok(MysqlSource { rx, task })
+        Ok(MysqlSource { rx, buf: Vec::new().into_iter(), task })
     }
 }
 
@@ -121,7 +126,7 @@ async fn run(
     mode: SnapshotMode,
     filter: Filter,
     resume: Option<BinlogPosition>,
-    tx: mpsc::Sender<Result<SourceMessage>>,
+    tx: Tx,
 ) -> Result<()> {
     let needs_snapshot = match &resume {
         None => mode != SnapshotMode::Never,
@@ -134,7 +139,7 @@ async fn run(
                 return Ok(());
             };
             if mode == SnapshotMode::InitialOnly {
-                let _ = tx.send(Ok(SourceMessage::End)).await;
+                let _ = tx.send(Ok(vec![SourceMessage::End])).await;
                 return Ok(());
             }
             start
@@ -163,6 +168,36 @@ pub async fn current_position(opts: &mysql_async::Opts) -> Result<BinlogPosition
     Ok(BinlogPosition { file, pos, gtid, snapshot: None })
 }
 
+/// The captured base tables, `(db, table)` sorted. Lists names only (no statistics, which
+/// would open every table on the server) and filters locally.
+pub async fn captured_tables(conn: &mut mysql_async::Conn, filter: &Filter) -> Result<Vec<(String, String)>> {
+    use mysql_async::prelude::Queryable;
+    let all: Vec<(String, String)> = conn
+        .query("SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' ORDER BY 1, 2")
+        .await
+        .map_err(|e| classify(e, "list tables"))?;
+    Ok(all.into_iter().filter(|(d, t)| filter.captures(d, t)).collect())
+}
+
+/// Which of `tables` have a primary key, asking only about their schemas.
+pub async fn keyed_tables(
+    conn: &mut mysql_async::Conn,
+    tables: &[(String, String)],
+) -> Result<Vec<(String, String)>> {
+    use mysql_async::prelude::Queryable;
+    let mut schemas: Vec<&String> = tables.iter().map(|(d, _)| d).collect();
+    schemas.dedup();
+    let mut keyed = Vec::new();
+    for db in schemas {
+        let rows: Vec<String> = conn
+            .exec("SELECT DISTINCT table_name FROM information_schema.key_column_usage WHERE table_schema = ? AND constraint_name = 'PRIMARY'", (db,))
+            .await
+            .map_err(|e| classify(e, "read primary keys"))?;
+        keyed.extend(rows.into_iter().map(|t| (db.clone(), t)));
+    }
+    Ok(keyed)
+}
+
 /// MariaDB's GTID position at binlog coordinates (None on MySQL or when unknown).
 async fn gtid_at(conn: &mut mysql_async::Conn, file: &str, pos: u64) -> Option<String> {
     use mysql_async::prelude::Queryable;
@@ -173,9 +208,15 @@ async fn gtid_at(conn: &mut mysql_async::Conn, file: &str, pos: u64) -> Option<S
 
 impl Source for MysqlSource {
     async fn next(&mut self) -> Result<SourceMessage> {
-        match self.rx.recv().await {
-            Some(m) => m,
-            None => Err(Error::internal("the MySQL reader task ended unexpectedly")),
+        loop {
+            if let Some(m) = self.buf.next() {
+                return Ok(m);
+            }
+            // Cancel-safe: `recv` loses nothing when dropped, and `buf` keeps the rest.
+            match self.rx.recv().await {
+                Some(batch) => self.buf = batch?.into_iter(),
+                None => return Err(Error::internal("the MySQL reader task ended unexpectedly")),
+            }
         }
     }
     async fn ack(&mut self, _upto: &Position) -> Result<()> {

@@ -133,16 +133,15 @@ async fn privileges(conn: &mut mysql_async::Conn, mariadb: bool) -> Result<Check
 /// The captured tables: readable (SELECT), and each with a primary key (warn otherwise).
 async fn tables(conn: &mut mysql_async::Conn, config: &Config) -> Result<Vec<Check>> {
     let filter = Filter::new(config);
-    let all: Vec<(String, String, i64)> = conn
-        .query(
-            "SELECT t.table_schema, t.table_name, \
-             (SELECT COUNT(*) FROM information_schema.table_constraints c WHERE c.table_schema = t.table_schema \
-              AND c.table_name = t.table_name AND c.constraint_type = 'PRIMARY KEY') \
-             FROM information_schema.tables t WHERE t.table_type = 'BASE TABLE' ORDER BY 1, 2",
-        )
-        .await
-        .map_err(|e| classify(e, "list tables"))?;
-    let captured: Vec<_> = all.into_iter().filter(|(d, t, _)| filter.captures(d, t)).collect();
+    let captured = super::captured_tables(conn, &filter).await?;
+    let keyed = super::keyed_tables(conn, &captured).await?;
+    let captured: Vec<(String, String, bool)> = captured
+        .into_iter()
+        .map(|(d, t)| {
+            let k = keyed.contains(&(d.clone(), t.clone()));
+            (d, t, k)
+        })
+        .collect();
     let mut out = Vec::new();
     if captured.is_empty() {
         out.push(Check {
@@ -169,8 +168,7 @@ async fn tables(conn: &mut mysql_async::Conn, config: &Config) -> Result<Vec<Che
         "GRANT SELECT ON <db>.* TO <cdc user>",
         Kind::Auth,
     ));
-    let keyless: Vec<String> =
-        captured.iter().filter(|c| c.2 == 0).map(|(d, t, _)| format!("{d}.{t}")).collect();
+    let keyless: Vec<String> = captured.iter().filter(|c| !c.2).map(|(d, t, _)| format!("{d}.{t}")).collect();
     if !keyless.is_empty() {
         out.push(Check {
             name: "primary keys".into(),

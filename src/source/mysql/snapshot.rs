@@ -23,58 +23,64 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Column, Row, Value as MyValue};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 /// Rows per chunk: one indexed range query; progress is stored after each.
 pub const CHUNK_ROWS: usize = 10_000;
+/// Snapshot rows sent to the pipeline per channel message.
+pub const SEND_ROWS: usize = 256;
 /// How often progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
-type Tx = mpsc::Sender<Result<SourceMessage>>;
+use super::Tx;
 
-/// Snapshot state: what is held back (the final row must be marked `last`) and progress.
+/// Snapshot state: the row held back (the final row must be marked `last`) with the chunk
+/// progress that follows it, what waits to be sent, and progress.
 struct Emitter<'a> {
     tx: &'a Tx,
     start: BinlogPosition,
     progress: SnapshotProgress,
     held: Option<ChangeEvent>,
     held_commit: Option<Position>,
+    out: Vec<SourceMessage>,
     ts_ms: i64,
     rows: u64,
 }
 
 impl Emitter<'_> {
-    /// Sends the held row (not the last) and commit, then holds `ev`. False when the
-    /// pipeline is gone.
+    /// Queues the held row (not the last) and its chunk's progress, then holds `ev`. False
+    /// when the pipeline is gone.
     async fn row(&mut self, ev: ChangeEvent) -> bool {
         self.rows += 1;
-        let prev = self.held.replace(ev);
-        let ok = match prev {
-            Some(p) => self.tx.send(Ok(SourceMessage::Change(p))).await.is_ok(),
-            None => true,
-        };
-        match self.held_commit.take() {
-            Some(c) => ok && self.tx.send(Ok(SourceMessage::Commit(c))).await.is_ok(),
-            None => ok,
+        if let Some(prev) = self.held.replace(ev) {
+            self.out.push(SourceMessage::Change(prev));
         }
+        if let Some(c) = self.held_commit.take() {
+            self.out.push(SourceMessage::Commit(c));
+        }
+        self.out.len() < SEND_ROWS || self.flush().await
     }
 
-    fn chunk_done(&mut self) {
+    async fn flush(&mut self) -> bool {
+        let batch = std::mem::replace(&mut self.out, Vec::with_capacity(SEND_ROWS + 2));
+        batch.is_empty() || self.tx.send(Ok(batch)).await.is_ok()
+    }
+
+    /// A chunk is complete; its progress is stored once the held row is sent.
+    async fn chunk_done(&mut self) -> bool {
         self.progress.chunks += 1;
         let pos = BinlogPosition { snapshot: Some(self.progress.clone()), ..self.start.clone() };
-        // Held back with the last row, so progress never passes an unsent row.
         self.held_commit = Some(Position::Mysql(pos));
+        self.flush().await
     }
 
     async fn finish(mut self) -> bool {
         if let Some(mut last) = self.held.take() {
             last.snapshot = Snapshot::Last;
-            if self.tx.send(Ok(SourceMessage::Change(last))).await.is_err() {
-                return false;
-            }
+            self.out.push(SourceMessage::Change(last));
         }
         let done = BinlogPosition { snapshot: None, ..self.start.clone() };
-        self.tx.send(Ok(SourceMessage::Commit(Position::Mysql(done)))).await.is_ok()
+        self.out.push(SourceMessage::Commit(Position::Mysql(done)));
+        self.flush().await
     }
 }
 
@@ -106,7 +112,16 @@ pub async fn run(
     let tables = captured_tables(&mut conn, filter).await?;
     let total: u64 = tables.iter().map(|t| t.2).sum();
     tracing::info!(tables = tables.len(), estimated_rows = total, position = %Position::Mysql(start.clone()), resumed_chunks = progress.chunks, "snapshot started");
-    let mut em = Emitter { tx, start, progress, held: None, held_commit: None, ts_ms: now_ms(), rows: 0 };
+    let mut em = Emitter {
+        tx,
+        start,
+        progress,
+        held: None,
+        held_commit: None,
+        out: Vec::with_capacity(SEND_ROWS + 2),
+        ts_ms: now_ms(),
+        rows: 0,
+    };
     let began = Instant::now();
     let mut last_log = Instant::now();
     for (db, name, _) in tables {
@@ -173,7 +188,9 @@ pub async fn run(
                 em.progress.table = Some(qualified.clone());
                 em.progress.last_key = after.as_ref().map(|k| serde_json::to_string(k).unwrap_or_default());
             }
-            em.chunk_done();
+            if !em.chunk_done().await {
+                return Ok(None);
+            }
             if last_log.elapsed() >= PROGRESS_EVERY {
                 last_log = Instant::now();
                 let rate = em.rows as f64 / began.elapsed().as_secs_f64();
@@ -220,19 +237,23 @@ async fn consistent_start(conn: &mut mysql_async::Conn) -> Result<BinlogPosition
     Ok(BinlogPosition { file, pos, gtid, snapshot: None })
 }
 
+/// Captured tables with their estimated row counts (for progress), asked per schema.
 async fn captured_tables(
     conn: &mut mysql_async::Conn,
     filter: &Filter,
 ) -> Result<Vec<(String, String, u64)>> {
-    let all: Vec<(String, String, Option<u64>)> = conn
-        .query("SELECT table_schema, table_name, table_rows FROM information_schema.tables WHERE table_type = 'BASE TABLE' ORDER BY 1, 2")
-        .await
-        .map_err(|e| classify(e, "list tables"))?;
-    Ok(all
-        .into_iter()
-        .filter(|(d, t, _)| filter.captures(d, t))
-        .map(|(d, t, n)| (d, t, n.unwrap_or(0)))
-        .collect())
+    let mut out = Vec::new();
+    for (db, table) in super::captured_tables(conn, filter).await? {
+        let rows: Option<Option<u64>> = conn
+            .exec_first(
+                "SELECT table_rows FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+                (&db, &table),
+            )
+            .await
+            .map_err(|e| classify(e, "estimate table sizes"))?;
+        out.push((db, table, rows.flatten().unwrap_or(0)));
+    }
+    Ok(out)
 }
 
 async fn primary_key(conn: &mut mysql_async::Conn, db: &str, table: &str) -> Result<Vec<String>> {

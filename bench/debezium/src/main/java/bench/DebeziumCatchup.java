@@ -1,0 +1,180 @@
+package bench;
+
+import io.debezium.engine.ChangeEvent;
+import io.debezium.engine.DebeziumEngine;
+import io.debezium.engine.format.Json;
+
+import java.io.IOException;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Properties;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * Debezium side of bench/mysql-catchup: runs the Debezium MariaDB connector in the embedded
+ * engine, as a Debezium user embedding it would, and counts the change records of one table.
+ *
+ * <p>Records are delivered already serialized to JSON by the engine ({@code Json.class} format,
+ * Kafka's JsonConverter with schemas disabled), the same work our file sink does; the consumer
+ * only counts them, sums their sizes, and drops them. Offsets go to a FileOffsetBackingStore and
+ * the schema history to a file, both under {@code state=DIR}.
+ *
+ * <p>Usage: {@code java -cp ... bench.DebeziumCatchup mode=init|run key=value...}
+ * <ul>
+ *   <li>{@code mode=init}: schema-only snapshot ({@code snapshot.mode=no_data}) that records the
+ *       current binlog position, then waits for the first heartbeat record (heartbeats need some
+ *       binlog event to fire on: the caller writes to a table outside the include list), commits
+ *       the offset, prints {@code OFFSET STORED} and exits 0.</li>
+ *   <li>{@code mode=run n=N}: resumes from the stored offset, counts records of {@code db.table}
+ *       and, at N, prints one {@code DONE ...} line, then keeps the JVM alive (so the caller can
+ *       read its /proc CPU and RSS) until SIGINT/SIGTERM, which closes the engine.</li>
+ * </ul>
+ * Other keys: host, port, user, password, db, table (default t), state (directory),
+ * server_id (default 5401), show_first (any value: print the first record to stderr).
+ */
+public final class DebeziumCatchup {
+    private static final long T0 = System.nanoTime();
+
+    public static void main(String[] argv) throws Exception {
+        Map<String, String> a = new HashMap<>();
+        for (String s : argv) {
+            int i = s.indexOf('=');
+            if (i < 0) {
+                throw new IllegalArgumentException("expected key=value, got " + s);
+            }
+            a.put(s.substring(0, i), s.substring(i + 1));
+        }
+        String mode = a.getOrDefault("mode", "run");
+        boolean init = mode.equals("init");
+        String db = req(a, "db");
+        String table = db + "." + a.getOrDefault("table", "t");
+        String state = req(a, "state");
+        long n = Long.parseLong(a.getOrDefault("n", "0"));
+        boolean showFirst = a.containsKey("show_first");
+        String prefix = "bench";
+
+        Properties p = new Properties();
+        p.setProperty("name", "bench");
+        p.setProperty("connector.class", "io.debezium.connector.mysql.MySqlConnector");
+        p.setProperty("connector.adapter", "mariadb");
+        p.setProperty("database.hostname", a.getOrDefault("host", "127.0.0.1"));
+        p.setProperty("database.port", a.getOrDefault("port", "3306"));
+        p.setProperty("database.user", req(a, "user"));
+        p.setProperty("database.password", a.getOrDefault("password", ""));
+        p.setProperty("database.server.id", a.getOrDefault("server_id", "5401"));
+        p.setProperty("topic.prefix", prefix);
+        p.setProperty("database.include.list", db);
+        p.setProperty("table.include.list", table);
+        p.setProperty("include.schema.changes", "false");
+        // Our file sink writes no tombstones; don't make Debezium produce 100k extra records.
+        p.setProperty("tombstones.on.delete", "false");
+        // Offsets present on the second start: the snapshot is skipped, streaming resumes there.
+        p.setProperty("snapshot.mode", "no_data");
+        p.setProperty("offset.storage", "org.apache.kafka.connect.storage.FileOffsetBackingStore");
+        p.setProperty("offset.storage.file.filename", state + "/offsets.dat");
+        p.setProperty("offset.flush.interval.ms", init ? "0" : "10000");
+        p.setProperty("schema.history.internal", "io.debezium.storage.file.history.FileSchemaHistory");
+        p.setProperty("schema.history.internal.file.filename", state + "/schema-history.dat");
+        // Keep the schema-only snapshot small and lock-free (the test bed is shared; nothing
+        // changes the bench table's schema while it runs).
+        p.setProperty("schema.history.internal.store.only.captured.databases.ddl", "true");
+        p.setProperty("snapshot.locking.mode", "none");
+        // JSON without the Connect schema, like our output.
+        p.setProperty("converter.schemas.enable", "false");
+        p.setProperty("key.converter.schemas.enable", "false");
+        p.setProperty("value.converter.schemas.enable", "false");
+        if (init) {
+            p.setProperty("heartbeat.interval.ms", "100");
+        }
+
+        String topic = prefix + "." + table;
+        CountDownLatch reached = new CountDownLatch(1);
+        CountDownLatch stopped = new CountDownLatch(1);
+        long[] count = {0};
+        long[] bytes = {0};
+        long[] firstNs = {0};
+        Throwable[] failure = {null};
+
+        DebeziumEngine<ChangeEvent<String, String>> engine = DebeziumEngine.create(Json.class)
+                .using(p)
+                .using((success, message, error) -> {
+                    if (!success) {
+                        System.err.println("engine stopped: " + message);
+                        failure[0] = error != null ? error : new RuntimeException(message);
+                    }
+                    stopped.countDown();
+                    reached.countDown();
+                })
+                .notifying((List<ChangeEvent<String, String>> batch,
+                            DebeziumEngine.RecordCommitter<ChangeEvent<String, String>> committer) -> {
+                    for (ChangeEvent<String, String> ev : batch) {
+                        if (init) {
+                            if (ev.destination().startsWith("__debezium-heartbeat")) {
+                                reached.countDown();
+                            }
+                        } else if (topic.equals(ev.destination()) && ev.value() != null) {
+                            if (count[0] == 0) {
+                                firstNs[0] = System.nanoTime();
+                                if (showFirst) {
+                                    System.err.println("first record: key=" + ev.key() + " value=" + ev.value());
+                                }
+                            }
+                            count[0]++;
+                            bytes[0] += ev.value().length();
+                            if (count[0] == n) {
+                                long now = System.nanoTime();
+                                System.out.printf("DONE records=%d elapsed_ms=%d first_to_last_ms=%d avg_value_chars=%d%n",
+                                        count[0], ms(now - T0), ms(now - firstNs[0]), bytes[0] / count[0]);
+                                System.out.flush();
+                                reached.countDown();
+                            }
+                        }
+                        committer.markProcessed(ev);
+                    }
+                    committer.markBatchFinished();
+                })
+                .build();
+
+        ExecutorService exec = Executors.newSingleThreadExecutor();
+        Runtime.getRuntime().addShutdownHook(new Thread(() -> {
+            try {
+                engine.close();
+                stopped.await(30, TimeUnit.SECONDS);
+            } catch (IOException | InterruptedException e) {
+                // exiting anyway
+            }
+        }));
+        exec.execute(engine);
+        reached.await();
+        if (failure[0] != null) {
+            failure[0].printStackTrace();
+            System.exit(1);
+        }
+        if (init) {
+            engine.close(); // commits the heartbeat's offset
+            stopped.await(30, TimeUnit.SECONDS);
+            System.out.println("OFFSET STORED");
+            System.out.flush();
+            System.exit(0);
+        }
+        // run mode: stay up until the caller has read /proc and signals us.
+        stopped.await();
+        System.exit(failure[0] == null ? 0 : 1);
+    }
+
+    private static long ms(long nanos) {
+        return TimeUnit.NANOSECONDS.toMillis(nanos);
+    }
+
+    private static String req(Map<String, String> a, String k) {
+        String v = a.get(k);
+        if (v == null) {
+            throw new IllegalArgumentException("missing " + k + "=...");
+        }
+        return v;
+    }
+}

@@ -1,0 +1,216 @@
+//! The Kafka sink: records go to `<prefix>.<db>.<table>` with the primary-key JSON as the
+//! record key, partitioned by librdkafka's `murmur2_random` (the Java client's murmur2 for
+//! non-null keys), so a row's changes stay in one partition in commit order and Java/Kafka
+//! Streams consumers co-partition.
+//!
+//! Delivery: the producer is idempotent with `acks=all`; a batch's [`Delivery`] resolves only
+//! when every record of it has a successful delivery report. A full local queue is
+//! backpressure (wait for deliveries, then retry), never an error. Missing topics are
+//! created before their first record.
+
+use super::{Batch, Delivery, Sink};
+use crate::config::Config;
+use crate::error::{Error, Kind, Result};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// Bound of librdkafka's local queue in KiB (its default is 1 GiB): this is what a stalled
+/// broker can make `cdc` hold in memory.
+pub const QUEUE_MAX_KBYTES: &str = "65536";
+/// Option that allows settings weakening delivery (acks other than all, no idempotence).
+pub const UNSAFE_OPT_IN: &str = "cdc.unsafe.delivery";
+/// Partitions of topics `cdc` creates (`-1`: the broker's `num.partitions`).
+pub const TOPIC_PARTITIONS: &str = "cdc.topic.partitions";
+/// Replication factor of topics `cdc` creates (`-1`: the broker's default).
+pub const TOPIC_REPLICATION: &str = "cdc.topic.replication.factor";
+
+/// A Kafka producer plus the topics known to exist.
+pub struct KafkaSink {
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    known: HashSet<String>,
+    partitions: i32,
+    replication: i32,
+}
+
+fn opt(config: &Config, key: &str) -> Option<String> {
+    config.kafka_options.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+}
+
+impl KafkaSink {
+    /// Builds the producer; refuses settings that would break the delivery guarantees.
+    pub fn new(config: &Config) -> Result<Self> {
+        let unsafe_ok = opt(config, UNSAFE_OPT_IN).is_some_and(|v| v == "true");
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", config.kafka_brokers.clone().unwrap_or_default())
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("partitioner", "murmur2_random")
+            .set("queue.buffering.max.kbytes", QUEUE_MAX_KBYTES)
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4");
+        for (k, v) in &config.kafka_options {
+            if k.starts_with("cdc.") {
+                continue;
+            }
+            let weakens = match k.as_str() {
+                "acks" | "request.required.acks" => !matches!(v.as_str(), "all" | "-1"),
+                "enable.idempotence" => v != "true",
+                "partitioner" => v != "murmur2_random" && v != "murmur2",
+                _ => false,
+            };
+            if weakens && !unsafe_ok {
+                return Err(Error::config(format!(
+                    "--kafka-option {k}={v} would weaken delivery (possible loss or reordering): remove it, or add --kafka-option {UNSAFE_OPT_IN}=true to accept that"
+                )));
+            }
+            cfg.set(k, v);
+        }
+        let bad = |e: KafkaError| Error::config("invalid Kafka settings (--kafka-option)").with_source(e);
+        let producer: FutureProducer = cfg.create().map_err(bad)?;
+        let admin: AdminClient<DefaultClientContext> = cfg.create().map_err(bad)?;
+        let number = |key: &str| -> Result<i32> {
+            opt(config, key).map_or(Ok(-1), |v| {
+                v.parse().map_err(|_| Error::config(format!("--kafka-option {key}={v}: expected a number")))
+            })
+        };
+        Ok(KafkaSink {
+            producer,
+            admin,
+            known: HashSet::new(),
+            partitions: number(TOPIC_PARTITIONS)?,
+            replication: number(TOPIC_REPLICATION)?,
+        })
+    }
+
+    /// Creates `topic` unless it exists.
+    async fn ensure_topic(&mut self, topic: &str) -> Result<()> {
+        let producer = self.producer.clone();
+        let name = topic.to_owned();
+        let exists = tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(Some(&name), Duration::from_secs(10)).map(|m| {
+                m.topics()
+                    .iter()
+                    .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
+            })
+        })
+        .await
+        .map_err(|e| Error::internal("metadata task failed").with_source(e))?
+        .map_err(|e| Error::unavailable("cannot read Kafka metadata: brokers unreachable?").with_source(e))?;
+        if !exists {
+            let new = NewTopic::new(topic, self.partitions, TopicReplication::Fixed(self.replication));
+            let opts = AdminOptions::new()
+                .operation_timeout(Some(Duration::from_secs(30)))
+                .request_timeout(Some(Duration::from_secs(30)));
+            let timed =
+                tokio::time::timeout(Duration::from_secs(60), self.admin.create_topics([&new], &opts)).await;
+            let result = timed
+                .map_err(|_| {
+                    Error::unavailable(format!("creating topic {topic} timed out: brokers unreachable?"))
+                })?
+                .map_err(|e| Error::unavailable(format!("cannot create topic {topic}")).with_source(e))?;
+            match result.into_iter().next() {
+                Some(Ok(_)) | Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) | None => {}
+                Some(Err((
+                    _,
+                    code @ (RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::ClusterAuthorizationFailed),
+                ))) => {
+                    return Err(Error::new(
+                        Kind::Auth,
+                        format!(
+                            "not allowed to create topic {topic} ({code}): create it, or grant CREATE on it"
+                        ),
+                    ));
+                }
+                Some(Err((_, code))) => {
+                    return Err(Error::config(format!(
+                        "cannot create topic {topic}: {code} (check {TOPIC_PARTITIONS} / {TOPIC_REPLICATION})"
+                    )));
+                }
+            }
+            tracing::info!(topic, "created topic");
+        }
+        self.known.insert(topic.to_owned());
+        Ok(())
+    }
+}
+
+fn describe(topic: &str, key: Option<&[u8]>, size: usize) -> String {
+    let key = key.map_or("null".into(), |k| String::from_utf8_lossy(k).chars().take(200).collect::<String>());
+    format!("topic {topic}, key {key}, {size} bytes")
+}
+
+/// What a failed delivery means: too large is fatal (65), authorization 77, anything else
+/// is retried from the stored offset with a fresh producer.
+fn delivery_error(e: KafkaError, what: String) -> Error {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidRecord) => Error::new(
+            Kind::Encode,
+            format!("record too large for Kafka ({what}): raise the broker/topic max.message.bytes and --kafka-option message.max.bytes"),
+        )
+        .with_source(e),
+        Some(RDKafkaErrorCode::TopicAuthorizationFailed) => Error::new(Kind::Auth, format!("not allowed to write ({what})")).with_source(e),
+        _ => Error::unavailable(format!("Kafka delivery failed ({what})")).with_source(e),
+    }
+}
+
+impl Sink for KafkaSink {
+    async fn send(&mut self, batch: Batch) -> Result<Delivery> {
+        let mut pending = Vec::with_capacity(batch.records.len());
+        for r in &batch.records {
+            if !self.known.contains(&*r.topic) {
+                self.ensure_topic(&r.topic).await?;
+            }
+            let size = r.size();
+            let mut waited = 0u32;
+            loop {
+                let mut record = FutureRecord::<[u8], [u8]>::to(&r.topic);
+                if let Some(k) = &r.key {
+                    record = record.key(k.as_slice());
+                }
+                if let Some(v) = &r.value {
+                    record = record.payload(v.as_slice());
+                }
+                match self.producer.send_result(record) {
+                    Ok(f) => break pending.push((f, r.topic.clone(), r.key.clone(), size)),
+                    // The local queue is full: that is backpressure, wait for deliveries.
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        waited += 1;
+                        if waited.is_multiple_of(2000) {
+                            tracing::warn!(
+                                queued_kib = QUEUE_MAX_KBYTES,
+                                "producer queue full for 10 s: waiting for the brokers"
+                            );
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await
+                    }
+                    Err((e, _)) => return Err(delivery_error(e, describe(&r.topic, r.key.as_deref(), size))),
+                }
+            }
+        }
+        Ok(Box::pin(async move {
+            for (f, topic, key, size) in pending {
+                match f.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(delivery_error(e, describe(&topic, key.as_deref(), size))),
+                    Err(_) => {
+                        return Err(Error::unavailable(
+                            "the Kafka producer went away before confirming delivery",
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        }))
+    }
+
+    fn wants_tombstones(&self) -> bool {
+        true
+    }
+}
