@@ -37,13 +37,21 @@ pub struct Encoder {
     prefix: String,
     tombstones: bool,
     topics: Vec<(Arc<Table>, Arc<str>)>,
+    /// Size of the last value written, to allocate the next one once.
+    last_value_len: std::cell::Cell<usize>,
 }
 
 impl Encoder {
     /// An encoder for connector `name` writing topics under `prefix`; `tombstones` adds a
     /// null-value record after each delete (Kafka only).
     pub fn new(name: &str, prefix: &str, tombstones: bool) -> Self {
-        Encoder { name: name.to_owned(), prefix: prefix.to_owned(), tombstones, topics: Vec::new() }
+        Encoder {
+            name: name.to_owned(),
+            prefix: prefix.to_owned(),
+            tombstones,
+            topics: Vec::new(),
+            last_value_len: std::cell::Cell::new(512),
+        }
     }
 
     /// Appends the records of `ev` to `out` (one, or more for deletes and key changes).
@@ -68,8 +76,9 @@ impl Encoder {
             write_key(&mut k, &ev.table, row);
             k
         });
-        let mut value = Vec::with_capacity(512);
+        let mut value = Vec::with_capacity(self.last_value_len.get() + 64);
         self.write_envelope(&mut value, ev);
+        self.last_value_len.set(value.len());
         let tombstone = self.tombstones && ev.op == Op::Delete && key.is_some();
         out.push(Record { topic: topic.clone(), key: key.clone(), value: Some(value) });
         if tombstone {
@@ -105,22 +114,30 @@ impl Encoder {
         write_str(w, connector);
         w.extend_from_slice(b",\"name\":");
         write_str(w, &self.name);
-        let _ = write!(w, ",\"ts_ms\":{},\"snapshot\":\"{}\"", ev.ts_ms, ev.snapshot.as_str());
+        w.extend_from_slice(b",\"ts_ms\":");
+        write_int(w, ev.ts_ms);
+        w.extend_from_slice(b",\"snapshot\":\"");
+        w.extend_from_slice(ev.snapshot.as_str().as_bytes());
+        w.push(b'"');
         match &ev.source {
             Source::Mysql { server_id, gtid, file, pos, row, thread } => {
                 w.extend_from_slice(b",\"db\":");
                 write_str(w, &ev.table.schema);
                 w.extend_from_slice(b",\"table\":");
                 write_str(w, &ev.table.name);
-                let _ = write!(w, ",\"server_id\":{server_id},\"gtid\":");
+                w.extend_from_slice(b",\"server_id\":");
+                write_int(w, *server_id);
+                w.extend_from_slice(b",\"gtid\":");
                 write_opt_str(w, gtid.as_deref());
                 w.extend_from_slice(b",\"file\":");
                 write_str(w, file);
-                let _ = write!(w, ",\"pos\":{pos},\"row\":{row},\"thread\":");
+                w.extend_from_slice(b",\"pos\":");
+                write_int(w, *pos);
+                w.extend_from_slice(b",\"row\":");
+                write_int(w, *row);
+                w.extend_from_slice(b",\"thread\":");
                 match thread {
-                    Some(t) => {
-                        let _ = write!(w, "{t}");
-                    }
+                    Some(t) => write_int(w, *t),
                     None => w.extend_from_slice(b"null"),
                 }
             }
@@ -135,16 +152,20 @@ impl Encoder {
                 let _ = write!(w, ",\"txId\":{tx_id},\"lsn\":{lsn}");
             }
         }
-        let _ = write!(w, "}},\"op\":\"{}\",\"ts_ms\":{},\"transaction\":", ev.op.code(), now_ms());
+        w.extend_from_slice(b"},\"op\":\"");
+        w.extend_from_slice(ev.op.code().as_bytes());
+        w.extend_from_slice(b"\",\"ts_ms\":");
+        write_int(w, now_ms());
+        w.extend_from_slice(b",\"transaction\":");
         match &ev.transaction {
             Some(t) => {
                 w.extend_from_slice(b"{\"id\":");
                 write_str(w, &t.id);
-                let _ = write!(
-                    w,
-                    ",\"total_order\":{},\"data_collection_order\":{}}}",
-                    t.total_order, t.data_collection_order
-                );
+                w.extend_from_slice(b",\"total_order\":");
+                write_int(w, t.total_order);
+                w.extend_from_slice(b",\"data_collection_order\":");
+                write_int(w, t.data_collection_order);
+                w.push(b'}');
             }
             None => w.extend_from_slice(b"null"),
         }
@@ -193,8 +214,8 @@ pub fn write_value(w: &mut Vec<u8>, v: &Value) {
     match v {
         Value::Null => w.extend_from_slice(b"null"),
         Value::Bool(b) => w.extend_from_slice(if *b { b"true" } else { b"false" }),
-        Value::Int(i) => w.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
-        Value::UInt(u) => w.extend_from_slice(itoa::Buffer::new().format(*u).as_bytes()),
+        Value::Int(i) => write_int(w, *i),
+        Value::UInt(u) => write_int(w, *u),
         Value::Float(f) if f.is_nan() => w.extend_from_slice(b"\"NaN\""),
         Value::Float(f) if f.is_infinite() => {
             w.extend_from_slice(if *f > 0.0 { b"\"Infinity\"" } else { b"\"-Infinity\"" })
@@ -232,9 +253,37 @@ fn write_base64(w: &mut Vec<u8>, b: &[u8]) {
     w.push(b'"');
 }
 
-/// A JSON string with escapes.
+/// A JSON string with the escapes `serde_json` uses (quote, backslash, control characters),
+/// copying unescaped runs in one go.
 pub fn write_str(w: &mut Vec<u8>, s: &str) {
-    let _ = serde_json::to_writer(&mut *w, s);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    w.reserve(bytes.len() + 2);
+    w.push(b'"');
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => &[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]],
+            _ => continue,
+        };
+        w.extend_from_slice(&bytes[start..i]);
+        w.extend_from_slice(short);
+        start = i + 1;
+    }
+    w.extend_from_slice(&bytes[start..]);
+    w.push(b'"');
+}
+
+/// An integer in decimal.
+fn write_int(w: &mut Vec<u8>, n: impl itoa::Integer) {
+    w.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 fn write_opt_str(w: &mut Vec<u8>, s: Option<&str>) {

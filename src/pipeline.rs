@@ -27,8 +27,8 @@ use crate::offsets::OffsetStore;
 use crate::position::Position;
 use crate::sink::{Batch, Sink};
 use crate::source::{Source, SourceMessage};
-use futures::StreamExt;
 use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
 use std::pin::pin;
 use std::time::Duration;
 use tokio::time::{Instant, sleep_until};
@@ -180,32 +180,32 @@ pub async fn run<S: Source, K: Sink, O: OffsetStore>(
                     break Err(e);
                 }
             }
-            msg = source.next(), if can_read => match msg {
-                Err(e) => {
-                    source_error = Some(e);
-                    break Ok(Stopped::Shutdown);
-                }
-                Ok(SourceMessage::Change(ev)) => {
-                    let before = st.records.len();
-                    encoder.encode(&ev, &mut st.records);
-                    st.open += st.records.len() - before;
-                    st.bytes += st.records[before..].iter().map(Record::size).sum::<usize>();
-                    metrics::EVENTS.add((st.records.len() - before) as u64);
-                    st.deadline.get_or_insert_with(|| Instant::now() + settings.linger);
-                    let all = st.records.len();
-                    if (all >= settings.max_batch_records || st.bytes >= settings.max_batch_bytes)
-                        && let Err(e) = send(&mut st, sink, &mut inflight, all).await
-                    {
-                        break Err(e);
+            msg = source.next(), if can_read => {
+                // Handle what is already waiting without another trip through `select!` and
+                // its timers; bounded so deliveries are still seen regularly.
+                let mut next = Some(msg);
+                let mut handled = 0;
+                let flow = loop {
+                    let Some(msg) = next.take() else { break Ok(Flow::Go) };
+                    match on_message(msg, &mut st, sink, &mut inflight, encoder, settings).await {
+                        Ok(Flow::Go) => {}
+                        other => break other,
                     }
+                    handled += 1;
+                    if handled >= GREEDY || inflight.len() >= settings.max_in_flight || stop_at.is_some() {
+                        break Ok(Flow::Go);
+                    }
+                    next = source.next().now_or_never();
+                };
+                match flow {
+                    Ok(Flow::Go) => {}
+                    Ok(Flow::End) => ended = true,
+                    Ok(Flow::SourceFailed(e)) => {
+                        source_error = Some(e);
+                        break Ok(Stopped::Shutdown);
+                    }
+                    Err(e) => break Err(e),
                 }
-                Ok(SourceMessage::Commit(p)) => {
-                    st.commit = Some(p);
-                    st.committed_len = st.records.len();
-                    st.open = 0;
-                    st.deadline.get_or_insert_with(|| Instant::now() + settings.linger);
-                }
-                Ok(SourceMessage::End) => ended = true,
             }
         }
     };
@@ -222,6 +222,53 @@ pub async fn run<S: Source, K: Sink, O: OffsetStore>(
         Some(e) => Err(e),
         None => Ok(stopped),
     }
+}
+
+/// Source messages handled in one go when they are already waiting.
+const GREEDY: usize = 1024;
+
+/// What handling one source message asks the loop to do.
+enum Flow {
+    /// Keep going.
+    Go,
+    /// The source ended.
+    End,
+    /// The source failed: drain what is complete, then report it.
+    SourceFailed(crate::error::Error),
+}
+
+/// Encodes a change into the open batch (sending it when full) or records a commit.
+async fn on_message<K: Sink>(
+    msg: Result<SourceMessage>,
+    st: &mut State,
+    sink: &mut K,
+    inflight: &mut InFlight,
+    encoder: &mut Encoder,
+    settings: &Settings,
+) -> Result<Flow> {
+    match msg {
+        Err(e) => return Ok(Flow::SourceFailed(e)),
+        Ok(SourceMessage::Change(ev)) => {
+            let before = st.records.len();
+            encoder.encode(&ev, &mut st.records);
+            st.open += st.records.len() - before;
+            st.bytes += st.records[before..].iter().map(Record::size).sum::<usize>();
+            metrics::EVENTS.add((st.records.len() - before) as u64);
+            st.deadline.get_or_insert_with(|| Instant::now() + settings.linger);
+            let all = st.records.len();
+            if all >= settings.max_batch_records || st.bytes >= settings.max_batch_bytes {
+                send(st, sink, inflight, all).await?;
+            }
+        }
+        Ok(SourceMessage::Commit(p)) => {
+            st.commit = Some(p);
+            st.committed_len = st.records.len();
+            st.open = 0;
+            st.deadline.get_or_insert_with(|| Instant::now() + settings.linger);
+        }
+        Ok(SourceMessage::End) => return Ok(Flow::End),
+    }
+    Ok(Flow::Go)
 }
 
 type InFlight =

@@ -150,3 +150,21 @@ fn postgres_source_block_validates() {
     assert_eq!(v["source"]["sequence"], r#"["400","500"]"#);
     validate(&out);
 }
+
+#[test]
+fn string_escaping_matches_serde_json() {
+    let cases = [
+        "",
+        "plain",
+        "quote \" and \\ backslash",
+        "\u{0}\u{1}\u{1f}\u{7f}",
+        "tab\tnl\ncr\r\u{8}\u{c}",
+        "é😀/</script>",
+        "\u{2028}",
+    ];
+    for s in cases {
+        let mut w = Vec::new();
+        write_str(&mut w, s);
+        assert_eq!(String::from_utf8(w).unwrap(), serde_json::to_string(s).unwrap(), "{s:?}");
+    }
+}

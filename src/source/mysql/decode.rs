@@ -232,17 +232,13 @@ pub fn map_value(col: &Column, raw: BinlogValue<'_>) -> std::result::Result<Valu
         },
         (MYSQL_TYPE_TIMESTAMP2 | MYSQL_TYPE_TIMESTAMP, MyValue::Bytes(b)) => timestamp(&ascii(b)?, fsp(0))?,
         (MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE, MyValue::Date(y, m, d, ..)) => {
-            date(y, m, d).map_or(Value::Null, Value::Text)
+            datetime(y, m, d, None, false).map_or(Value::Null, Value::Text)
         }
         (MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2, MyValue::Date(y, mo, d, h, mi, s, us)) => {
-            match date(y, mo, d) {
-                None => Value::Null,
-                Some(day) => Value::Text(format!("{day}T{h:02}:{mi:02}:{s:02}{}", fraction(us, fsp(0)))),
-            }
+            datetime(y, mo, d, Some((h, mi, s, us, fsp(0))), false).map_or(Value::Null, Value::Text)
         }
         (MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2, MyValue::Time(neg, days, h, m, s, us)) => {
-            let sign = if neg { "-" } else { "" };
-            Value::Text(format!("{sign}{:02}:{m:02}:{s:02}{}", days * 24 + h as u32, fraction(us, fsp(0))))
+            Value::Text(time(neg, days * 24 + h as u32, m, s, us, fsp(0)))
         }
         (MYSQL_TYPE_BIT, MyValue::Bytes(b)) => {
             let bits =
@@ -312,17 +308,64 @@ fn ascii(b: Vec<u8>) -> std::result::Result<String, String> {
     String::from_utf8(b).map_err(|_| "non-ASCII numeric text".to_owned())
 }
 
-/// `YYYY-MM-DD`, or None for MySQL zero dates (any zero part).
-pub fn date(y: u16, m: u8, d: u8) -> Option<String> {
-    (m != 0 && d != 0).then(|| format!("{y:04}-{m:02}-{d:02}"))
+/// Appends `v` with at least `width` digits.
+fn push_num(out: &mut String, v: u32, width: usize) {
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(v);
+    out.extend(std::iter::repeat_n('0', width.saturating_sub(digits.len())));
+    out.push_str(digits);
 }
 
-/// `.ffffff` cut to the declared fractional digits.
-pub fn fraction(us: u32, digits: usize) -> String {
-    match digits {
-        0 => String::new(),
-        n => format!(".{:06}", us)[..n + 1].to_owned(),
+/// `.ffffff` cut to `digits` (nothing for 0).
+fn push_fraction(out: &mut String, us: u32, digits: usize) {
+    if digits > 0 {
+        let mut f = String::with_capacity(6);
+        push_num(&mut f, us, 6);
+        out.push('.');
+        out.push_str(&f[..digits.min(6)]);
     }
+}
+
+/// `2024-01-31`, with `T12:34:56[.fff]` when a time is given and `Z` when `utc`; None for
+/// MySQL zero dates (any zero month or day).
+pub fn datetime(y: u16, m: u8, d: u8, time: Option<(u8, u8, u8, u32, usize)>, utc: bool) -> Option<String> {
+    if m == 0 || d == 0 {
+        return None;
+    }
+    let mut out = String::with_capacity(32);
+    push_num(&mut out, y as u32, 4);
+    out.push('-');
+    push_num(&mut out, m as u32, 2);
+    out.push('-');
+    push_num(&mut out, d as u32, 2);
+    if let Some((h, mi, s, us, digits)) = time {
+        out.push('T');
+        push_num(&mut out, h as u32, 2);
+        out.push(':');
+        push_num(&mut out, mi as u32, 2);
+        out.push(':');
+        push_num(&mut out, s as u32, 2);
+        push_fraction(&mut out, us, digits);
+    }
+    if utc {
+        out.push('Z');
+    }
+    Some(out)
+}
+
+/// `[-]HH:MM:SS[.fff]`; hours may exceed 24 (TIME spans -838..838 hours).
+pub fn time(negative: bool, hours: u32, m: u8, s: u8, us: u32, digits: usize) -> String {
+    let mut out = String::with_capacity(20);
+    if negative {
+        out.push('-');
+    }
+    push_num(&mut out, hours, 2);
+    out.push(':');
+    push_num(&mut out, m as u32, 2);
+    out.push(':');
+    push_num(&mut out, s as u32, 2);
+    push_fraction(&mut out, us, digits);
+    out
 }
 
 /// TIMESTAMP as UTC: the binlog holds `seconds[.micros]` since the epoch; 0 is the zero date.
@@ -335,8 +378,8 @@ fn timestamp(raw: &str, digits: usize) -> std::result::Result<Value, String> {
     }
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     let (y, m, d) = civil_from_days(days);
-    let t = format!("{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60);
-    Ok(Value::Text(format!("{y:04}-{m:02}-{d:02}T{t}{}Z", fraction(micros, digits))))
+    let t = ((rem / 3600) as u8, (rem % 3600 / 60) as u8, (rem % 60) as u8, micros, digits);
+    datetime(y as u16, m as u8, d as u8, Some(t), true).map(Value::Text).ok_or_else(|| "bad TIMESTAMP".into())
 }
 
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.

@@ -11,7 +11,7 @@
 //! so no change is missed; rows of the remaining chunks may be followed by older streamed
 //! versions of themselves until the stream catches up (the last event per key is right).
 
-use super::decode::{date, fraction, text};
+use super::decode::{datetime, text, time};
 use super::{Filter, classify, gtid_at};
 use crate::encode::now_ms;
 use crate::error::{Error, Result};
@@ -302,17 +302,17 @@ pub fn map_value(col: &Column, v: MyValue) -> std::result::Result<Value, String>
         MyValue::UInt(u) => Value::UInt(u),
         MyValue::Float(f) => Value::Float(f.to_string().parse().unwrap_or(f as f64)),
         MyValue::Double(f) => Value::Float(f),
-        MyValue::Date(y, m, d, h, mi, s, us) => match (ty, date(y, m, d)) {
-            (_, None) => Value::Null,
-            (MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE, Some(day)) => Value::Text(day),
-            (MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2, Some(day)) => {
-                Value::Text(format!("{day}T{h:02}:{mi:02}:{s:02}{}Z", fraction(us, digits)))
-            }
-            (_, Some(day)) => Value::Text(format!("{day}T{h:02}:{mi:02}:{s:02}{}", fraction(us, digits))),
-        },
+        MyValue::Date(y, m, d, h, mi, s, us) => {
+            let at = Some((h, mi, s, us, digits));
+            let text = match ty {
+                MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE => datetime(y, m, d, None, false),
+                MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2 => datetime(y, m, d, at, true),
+                _ => datetime(y, m, d, at, false),
+            };
+            text.map_or(Value::Null, Value::Text)
+        }
         MyValue::Time(neg, days, h, m, s, us) => {
-            let sign = if neg { "-" } else { "" };
-            Value::Text(format!("{sign}{:02}:{m:02}:{s:02}{}", days * 24 + h as u32, fraction(us, digits)))
+            Value::Text(time(neg, days * 24 + h as u32, m, s, us, digits))
         }
         MyValue::Bytes(b) => match ty {
             MYSQL_TYPE_DECIMAL | MYSQL_TYPE_NEWDECIMAL => Value::Text(text(b, 45)?),
