@@ -53,7 +53,7 @@ fn build_sink(config: &Config) -> Result<AnySink> {
 
 fn unsupported(what: &str) -> Error {
     Error::config(format!(
-        "{what} is not available in cdc {} yet: use --source mysql with --sink stdout or file",
+        "{what} is not available in cdc {} yet: use --source mysql with --sink stdout, file or kafka",
         crate::encode::VERSION
     ))
 }

@@ -249,22 +249,6 @@ fn broker_pid() -> String {
     std::fs::read_to_string(pidfile).unwrap().trim().to_owned()
 }
 
-async fn writer(db: String, from: i64, n: i64) -> Vec<(i64, i64)> {
-    let mut c = mysql().await;
-    c.query_drop(format!("USE {db}")).await.unwrap();
-    let mut done = vec![];
-    for id in from..from + n {
-        c.query_drop(format!("INSERT INTO t VALUES ({id}, 0, REPEAT('x', 200))")).await.unwrap();
-        done.push((id, 0));
-        if id > from {
-            c.query_drop(format!("UPDATE t SET v = 1 WHERE id = {}", id - 1)).await.unwrap();
-            done.push((id - 1, 1));
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    done
-}
-
 /// Every change of `want` has been consumed from `topic`.
 fn all_present(got: &HashMap<String, Vec<Rec>>, topic: &str, want: &[(i64, i64)]) -> bool {
     let Some(recs) = got.get(topic) else { return false };
@@ -288,7 +272,7 @@ async fn broker_killed_for_20_seconds_loses_and_reorders_nothing() {
     let dir = workdir("kafkill");
     let mut cdc = start(&dir, &format!("{db}.*"), &prefix);
     cdc.wait_log("streaming the binlog", T).await;
-    let w = tokio::spawn(writer(db.clone(), 1, 3000));
+    let w = tokio::spawn(write_changes(db.clone(), 1, 3000, Duration::from_millis(2)));
     tokio::time::sleep(Duration::from_secs(2)).await;
     Command::new("kill").args(["-9", &broker_pid()]).status().unwrap();
     tokio::time::sleep(Duration::from_secs(20)).await;
@@ -324,7 +308,7 @@ async fn graceful_restarts_repeat_nothing_and_kill_9_loses_nothing() {
     // Phase 1: three graceful stops under writes, then catch up: not one duplicate.
     let mut first = start(&dir, &tables, &prefix);
     first.wait_log("streaming the binlog", T).await;
-    let w = tokio::spawn(writer(db.clone(), 1, 600));
+    let w = tokio::spawn(write_changes(db.clone(), 1, 600, Duration::from_millis(2)));
     let mut cdc = first;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(300 + fastrand::u64(0..700))).await;
@@ -347,7 +331,7 @@ async fn graceful_restarts_repeat_nothing_and_kill_9_loses_nothing() {
         );
     }
     // Phase 2: five kill -9 under writes: nothing lost.
-    let w = tokio::spawn(writer(db.clone(), 10_001, 900));
+    let w = tokio::spawn(write_changes(db.clone(), 10_001, 900, Duration::from_millis(2)));
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(200 + fastrand::u64(0..800))).await;
         cdc.kill();

@@ -170,23 +170,6 @@ async fn snapshot_of_100k_rows_under_writes_meets_the_stream_exactly() {
     assert!(cdc.stop().success());
 }
 
-/// A writer of single-row transactions: inserts id 1.., and bumps the previous row's `v`.
-/// Returns every committed `(id, v)`.
-async fn write(db: &str, from: i64, n: i64) -> Vec<(i64, i64)> {
-    let mut c = mysql().await;
-    c.query_drop(format!("USE {db}")).await.unwrap();
-    let mut done = vec![];
-    for id in from..from + n {
-        c.query_drop(format!("INSERT INTO t VALUES ({id}, 0)")).await.unwrap();
-        done.push((id, 0));
-        if id > from {
-            c.query_drop(format!("UPDATE t SET v = 1 WHERE id = {}", id - 1)).await.unwrap();
-            done.push((id - 1, 1));
-        }
-    }
-    done
-}
-
 fn seen(evs: &[Value]) -> Vec<(i64, i64)> {
     evs.iter()
         .filter(|e| e["value"]["op"] != "r")
@@ -206,7 +189,7 @@ async fn graceful_restart_repeats_nothing() {
         cdc.wait_log("streaming the binlog", T).await;
         let writer = tokio::spawn({
             let db = db.clone();
-            async move { write(&db, round * 1000 + 1, 300).await }
+            async move { write_changes(db, round * 1000 + 1, 300, Duration::ZERO).await }
         });
         // Stop mid-stream, while the writer is still writing.
         cdc.wait_for("some rows", T, |e| seen(e).len() > all.len() + 50).await;
@@ -240,7 +223,7 @@ async fn kill_9_five_times_under_writes_loses_nothing() {
     let writer = tokio::spawn({
         let (db, done) = (db.clone(), done.clone());
         async move {
-            let w = write(&db, 1, 4000).await;
+            let w = write_changes(db, 1, 4000, Duration::ZERO).await;
             done.store(true, std::sync::atomic::Ordering::SeqCst);
             w
         }

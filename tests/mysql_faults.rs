@@ -191,3 +191,37 @@ async fn initial_only_snapshots_then_exits_0_and_offsets_show_it() {
     let (_, out, _) = run(&["offsets", "show", "--state-dir", cdc.state.to_str().unwrap()], &[]);
     assert!(out.contains("\"position\":null"), "{out}");
 }
+
+#[tokio::test]
+async fn frozen_database_is_detected_by_heartbeat_and_streaming_resumes() {
+    let _s = SERVER.write().await;
+    let db = unique("frozen");
+    database(&db, &["CREATE TABLE t (id BIGINT PRIMARY KEY, v INT)"]).await;
+    let dir = workdir("frozen");
+    let mut cdc = Running::mysql(&dir, &format!("{db}.*"), &[]);
+    cdc.wait_log("streaming the binlog", T).await;
+    let first = write_changes(db.clone(), 1, 50, Duration::ZERO).await;
+    cdc.wait_for("the first changes", T, |e| e.len() >= first.len()).await;
+    // A frozen server keeps the TCP connection open: only the missing heartbeats tell.
+    let pidfile = std::env::var("CDC_TEST_MYSQL_PIDFILE")
+        .unwrap_or_else(|_| "/tmp/cdc-testbed/mariadb/mariadb.pid".into());
+    let pid = std::fs::read_to_string(pidfile).unwrap().trim().to_owned();
+    std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    let frozen_at = std::time::Instant::now();
+    while !cdc.stderr().contains("connection lost") && frozen_at.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let detected = frozen_at.elapsed();
+    std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    assert!(cdc.stderr().contains("connection lost"), "no heartbeat timeout logged:\n{}", cdc.stderr());
+    assert!(detected < Duration::from_secs(10), "detected after {detected:?}");
+    let second = write_changes(db.clone(), 1000, 50, Duration::ZERO).await;
+    let all = first.len() + second.len();
+    let evs = cdc.wait_for("every change after the reconnect", T, |e| e.len() >= all).await;
+    let got: std::collections::HashSet<(i64, i64)> = evs
+        .iter()
+        .map(|e| (e["key"]["id"].as_i64().unwrap(), e["value"]["after"]["v"].as_i64().unwrap()))
+        .collect();
+    assert!(first.iter().chain(&second).all(|c| got.contains(c)), "changes lost across the reconnect");
+    assert!(cdc.stop().success());
+}

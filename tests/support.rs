@@ -224,3 +224,24 @@ impl Running {
 pub fn ops(evs: &[&Value]) -> Vec<(String, Value)> {
     evs.iter().map(|e| (e["value"]["op"].as_str().unwrap_or("-").to_owned(), e["key"].clone())).collect()
 }
+
+/// A writer of single-row transactions on `db.t (id, v, ...)`: inserts `from..from+n` with
+/// `v = 0` and sets the previous row's `v` to 1, pausing `pause` between rows. Returns every
+/// committed `(id, v)` in commit order.
+pub async fn write_changes(db: String, from: i64, n: i64, pause: Duration) -> Vec<(i64, i64)> {
+    let mut c = mysql().await;
+    c.query_drop(format!("USE {db}")).await.unwrap();
+    let mut done = vec![];
+    for id in from..from + n {
+        c.query_drop(format!("INSERT INTO t (id, v) VALUES ({id}, 0)")).await.unwrap();
+        done.push((id, 0));
+        if id > from {
+            c.query_drop(format!("UPDATE t SET v = 1 WHERE id = {}", id - 1)).await.unwrap();
+            done.push((id - 1, 1));
+        }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    done
+}
