@@ -249,3 +249,37 @@ async fn kill_9_five_times_under_writes_loses_nothing() {
     assert!(lost.is_empty(), "{} committed changes lost: {:?}", lost.len(), &lost[..lost.len().min(10)]);
     assert!(cdc.stop().success());
 }
+
+#[tokio::test]
+async fn crash_mid_snapshot_resumes_at_the_last_finished_chunk() {
+    let _s = SERVER.read().await;
+    let db = unique("snapcrash");
+    database(&db, &["CREATE TABLE t (id INT PRIMARY KEY, v INT, pad VARCHAR(200))"]).await;
+    sql(&[&format!("INSERT INTO {db}.t SELECT seq, seq, REPEAT('p', 200) FROM {db}.seq_1_to_200000")]).await;
+    let dir = workdir("snapcrash");
+    let mut cdc = Running::mysql(&dir, &format!("{db}.t"), &[]);
+    cdc.wait_for("a part of the snapshot", T, |e| e.len() >= 25_000).await;
+    cdc.kill();
+    let before = events(&dir.join("out.jsonl")).len();
+    // A change during the outage must still arrive after the resumed snapshot.
+    sql(&[&format!("UPDATE {db}.t SET v = -1 WHERE id = 199999")]).await;
+    let mut cdc = Running::mysql(&dir, &format!("{db}.t"), &[]);
+    let evs = cdc
+        .wait_for("the update made during the outage", T, |e| {
+            e.iter().any(|e| e["value"]["op"] == "u" && e["key"]["id"] == 199999)
+        })
+        .await;
+    let log = cdc.stderr();
+    let resumed: u64 = log
+        .split("resumed_chunks=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no resume in the log:\n{log}"));
+    assert!(resumed >= 1, "resumed after {resumed} chunks:\n{log}");
+    let second_run = evs.len() - before;
+    assert!(second_run <= 200_000 - 10_000, "the second run re-read {second_run} rows: restarted from zero?");
+    let ids: std::collections::HashSet<i64> = evs.iter().map(|e| e["key"]["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids.len(), 200_000, "every row was read by one of the two runs");
+    assert_eq!(evs.iter().filter(|e| e["value"]["source"]["snapshot"] == "last").count(), 1);
+    assert!(cdc.stop().success());
+}
