@@ -22,6 +22,11 @@ use std::time::Duration;
 /// Bound of librdkafka's local queue in KiB (its default is 1 GiB): this is what a stalled
 /// broker can make `cdc` hold in memory.
 pub const QUEUE_MAX_KBYTES: &str = "65536";
+/// How long librdkafka may try to deliver a record (its default is 5 min). A broker that was
+/// stopped and fenced can leave an idempotent producer waiting on requests that will never
+/// be answered; after this long the batch fails and the run restarts from the stored offset
+/// with a fresh producer, which resumes delivery within seconds.
+pub const MESSAGE_TIMEOUT_MS: &str = "30000";
 /// Option that allows settings weakening delivery (acks other than all, no idempotence).
 pub const UNSAFE_OPT_IN: &str = "cdc.unsafe.delivery";
 /// Partitions of topics `cdc` creates (`-1`: the broker's `num.partitions`).
@@ -52,6 +57,7 @@ impl KafkaSink {
             .set("acks", "all")
             .set("partitioner", "murmur2_random")
             .set("queue.buffering.max.kbytes", QUEUE_MAX_KBYTES)
+            .set("message.timeout.ms", MESSAGE_TIMEOUT_MS)
             .set("linger.ms", "5")
             .set("compression.type", "lz4");
         for (k, v) in &config.kafka_options {

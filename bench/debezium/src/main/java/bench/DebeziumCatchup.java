@@ -4,15 +4,26 @@ import io.debezium.engine.ChangeEvent;
 import io.debezium.engine.DebeziumEngine;
 import io.debezium.engine.format.Json;
 
+import org.apache.kafka.clients.producer.KafkaProducer;
+import org.apache.kafka.clients.producer.ProducerConfig;
+import org.apache.kafka.clients.producer.ProducerRecord;
+import org.apache.kafka.clients.producer.RecordMetadata;
+import org.apache.kafka.common.serialization.StringSerializer;
+
 import java.io.IOException;
+import java.time.Duration;
+import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Properties;
 import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicLong;
 
 /**
  * Debezium side of bench/mysql-catchup: runs the Debezium MariaDB connector in the embedded
@@ -35,6 +46,21 @@ import java.util.concurrent.TimeUnit;
  * </ul>
  * Other keys: host, port, user, password, db, table (default t), state (directory),
  * server_id (default 5401), show_first (any value: print the first record to stderr).
+ *
+ * <p>Kafka mode (bench/mysql-kafka), {@code sink=kafka brokers=HOST:PORT topic_prefix=P}: every
+ * record of {@code db.table} (tombstones included: {@code tombstones.on.delete} keeps its
+ * default, true, like our Kafka sink) is sent with a {@link KafkaProducer} to its Debezium
+ * destination {@code P.db.table}, key and value being the engine's JSON strings. The producer
+ * is configured like our sink: {@code acks=all}, {@code enable.idempotence=true},
+ * {@code compression.type=lz4}, {@code linger.ms=5}; everything else is the Java client's
+ * default. {@code n} then counts records whose delivery was acknowledged, and {@code n=0}
+ * runs until SIGINT/SIGTERM. {@code wait=batch} (default) sends a batch, waits for all its
+ * acknowledgements, then marks it processed (what Debezium Server's Kafka sink does, so the
+ * offset never passes an unacknowledged record); {@code wait=async} marks records processed
+ * at once and lets the producer deliver in the background (Kafka Connect style throughput,
+ * without its offset bookkeeping). {@code prop.K=V} overrides an engine/connector property,
+ * {@code producer.K=V} a producer property. Without {@code sink=kafka} nothing changes (the
+ * counting mode bench/mysql-catchup uses).
  */
 public final class DebeziumCatchup {
     private static final long T0 = System.nanoTime();
@@ -55,7 +81,9 @@ public final class DebeziumCatchup {
         String state = req(a, "state");
         long n = Long.parseLong(a.getOrDefault("n", "0"));
         boolean showFirst = a.containsKey("show_first");
-        String prefix = "bench";
+        boolean kafka = a.getOrDefault("sink", "count").equals("kafka");
+        boolean waitBatch = !a.getOrDefault("wait", "batch").equals("async");
+        String prefix = a.getOrDefault("topic_prefix", "bench");
 
         Properties p = new Properties();
         p.setProperty("name", "bench");
@@ -71,7 +99,10 @@ public final class DebeziumCatchup {
         p.setProperty("table.include.list", table);
         p.setProperty("include.schema.changes", "false");
         // Our file sink writes no tombstones; don't make Debezium produce 100k extra records.
-        p.setProperty("tombstones.on.delete", "false");
+        // Our Kafka sink does write them, so Debezium keeps its default (true) there.
+        if (!kafka) {
+            p.setProperty("tombstones.on.delete", "false");
+        }
         // Offsets present on the second start: the snapshot is skipped, streaming resumes there.
         p.setProperty("snapshot.mode", "no_data");
         p.setProperty("offset.storage", "org.apache.kafka.connect.storage.FileOffsetBackingStore");
@@ -90,6 +121,11 @@ public final class DebeziumCatchup {
         if (init) {
             p.setProperty("heartbeat.interval.ms", "100");
         }
+        for (Map.Entry<String, String> e : a.entrySet()) {
+            if (e.getKey().startsWith("prop.")) {
+                p.setProperty(e.getKey().substring(5), e.getValue());
+            }
+        }
 
         String topic = prefix + "." + table;
         CountDownLatch reached = new CountDownLatch(1);
@@ -98,6 +134,10 @@ public final class DebeziumCatchup {
         long[] bytes = {0};
         long[] firstNs = {0};
         Throwable[] failure = {null};
+        KafkaProducer<String, String> producer = kafka && !init ? producer(a) : null;
+        AtomicLong delivered = new AtomicLong();
+        AtomicLong deliveredBytes = new AtomicLong();
+        long[] firstDeliveredNs = {0};
 
         DebeziumEngine<ChangeEvent<String, String>> engine = DebeziumEngine.create(Json.class)
                 .using(p)
@@ -111,6 +151,57 @@ public final class DebeziumCatchup {
                 })
                 .notifying((List<ChangeEvent<String, String>> batch,
                             DebeziumEngine.RecordCommitter<ChangeEvent<String, String>> committer) -> {
+                    if (producer != null) {
+                        // Kafka mode: produce, (wait for the acknowledgements,) mark processed.
+                        List<Future<RecordMetadata>> sent = new ArrayList<>(batch.size());
+                        for (ChangeEvent<String, String> ev : batch) {
+                            if (!topic.equals(ev.destination())) {
+                                continue;
+                            }
+                            if (showFirst && count[0] == 0 && ev.value() != null) {
+                                System.err.println("first record: key=" + ev.key() + " value=" + ev.value());
+                            }
+                            count[0]++;
+                            int size = ev.value() == null ? -1 : ev.value().length();
+                            sent.add(producer.send(new ProducerRecord<>(ev.destination(), ev.key(), ev.value()),
+                                    (md, err) -> {
+                                        if (err != null) {
+                                            System.err.println("delivery failed: " + err);
+                                            failure[0] = err;
+                                            reached.countDown();
+                                            return;
+                                        }
+                                        long d = delivered.incrementAndGet();
+                                        if (size >= 0) {
+                                            deliveredBytes.addAndGet(size);
+                                        }
+                                        if (d == 1) {
+                                            firstDeliveredNs[0] = System.nanoTime();
+                                        }
+                                        if (d == n) {
+                                            long now = System.nanoTime();
+                                            System.out.printf("DONE records=%d elapsed_ms=%d first_to_last_ms=%d avg_value_chars=%d%n",
+                                                    d, ms(now - T0), ms(now - firstDeliveredNs[0]), deliveredBytes.get() / d);
+                                            System.out.flush();
+                                            reached.countDown();
+                                        }
+                                    }));
+                        }
+                        if (waitBatch) {
+                            for (Future<RecordMetadata> f : sent) {
+                                try {
+                                    f.get();
+                                } catch (ExecutionException e) {
+                                    throw new RuntimeException("Kafka delivery failed", e.getCause());
+                                }
+                            }
+                        }
+                        for (ChangeEvent<String, String> ev : batch) {
+                            committer.markProcessed(ev);
+                        }
+                        committer.markBatchFinished();
+                        return;
+                    }
                     for (ChangeEvent<String, String> ev : batch) {
                         if (init) {
                             if (ev.destination().startsWith("__debezium-heartbeat")) {
@@ -144,6 +235,9 @@ public final class DebeziumCatchup {
             try {
                 engine.close();
                 stopped.await(30, TimeUnit.SECONDS);
+                if (producer != null) {
+                    producer.close(Duration.ofSeconds(10));
+                }
             } catch (IOException | InterruptedException e) {
                 // exiting anyway
             }
@@ -164,6 +258,23 @@ public final class DebeziumCatchup {
         // run mode: stay up until the caller has read /proc and signals us.
         stopped.await();
         System.exit(failure[0] == null ? 0 : 1);
+    }
+
+    /** The producer of Kafka mode: our sink's delivery settings, the Java client's defaults otherwise. */
+    private static KafkaProducer<String, String> producer(Map<String, String> a) {
+        Properties pp = new Properties();
+        pp.setProperty(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, req(a, "brokers"));
+        pp.setProperty(ProducerConfig.ACKS_CONFIG, "all");
+        pp.setProperty(ProducerConfig.ENABLE_IDEMPOTENCE_CONFIG, "true");
+        pp.setProperty(ProducerConfig.COMPRESSION_TYPE_CONFIG, "lz4");
+        pp.setProperty(ProducerConfig.LINGER_MS_CONFIG, "5");
+        pp.setProperty(ProducerConfig.CLIENT_ID_CONFIG, "debezium-bench");
+        for (Map.Entry<String, String> e : a.entrySet()) {
+            if (e.getKey().startsWith("producer.")) {
+                pp.setProperty(e.getKey().substring(9), e.getValue());
+            }
+        }
+        return new KafkaProducer<>(pp, new StringSerializer(), new StringSerializer());
     }
 
     private static long ms(long nanos) {
