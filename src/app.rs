@@ -104,6 +104,12 @@ pub async fn run(config: &Config, shutdown: Shutdown, retry_budget: Duration) ->
                 tracing::info!("snapshot finished (--snapshot initial-only)");
                 return Ok(());
             }
+            // After a stop request a failed attempt ends the run: the stored offset is exactly
+            // where the next run resumes, so nothing is lost by not retrying now.
+            Err(e) if e.is_transient() && *shutdown.borrow() => {
+                tracing::warn!(error = %crate::error::report(&e), "stopping with deliveries unconfirmed: the next run resends them");
+                return Ok(());
+            }
             Err(e) if e.is_transient() => e,
             Err(e) => return Err(e),
         };

@@ -201,8 +201,19 @@ impl Sink for KafkaSink {
             }
         }
         Ok(Box::pin(async move {
+            // librdkafka reports every record within `message.timeout.ms`; waiting longer means
+            // the producer is wedged, and a fresh one (the run restarts) is the way out.
+            let limit =
+                Duration::from_millis(MESSAGE_TIMEOUT_MS.parse().unwrap_or(30_000)) + Duration::from_secs(15);
+            let deadline = tokio::time::Instant::now() + limit;
             for (f, topic, key, size) in pending {
-                match f.await {
+                let report = tokio::time::timeout_at(deadline, f).await.map_err(|_| {
+                    Error::unavailable(format!(
+                        "no delivery report within {limit:?} ({})",
+                        describe(&topic, key.as_deref(), size)
+                    ))
+                })?;
+                match report {
                     Ok(Ok(_)) => {}
                     Ok(Err((e, _))) => return Err(delivery_error(e, describe(&topic, key.as_deref(), size))),
                     Err(_) => {
