@@ -37,7 +37,8 @@ pub const TOPIC_REPLICATION: &str = "cdc.topic.replication.factor";
 /// A Kafka producer plus the topics known to exist.
 pub struct KafkaSink {
     producer: FutureProducer,
-    admin: AdminClient<DefaultClientContext>,
+    /// Only `None` while being dropped.
+    admin: Option<AdminClient<DefaultClientContext>>,
     known: HashSet<String>,
     partitions: i32,
     replication: i32,
@@ -87,7 +88,7 @@ impl KafkaSink {
         };
         Ok(KafkaSink {
             producer,
-            admin,
+            admin: Some(admin),
             known: HashSet::new(),
             partitions: number(TOPIC_PARTITIONS)?,
             replication: number(TOPIC_REPLICATION)?,
@@ -113,8 +114,9 @@ impl KafkaSink {
             let opts = AdminOptions::new()
                 .operation_timeout(Some(Duration::from_secs(30)))
                 .request_timeout(Some(Duration::from_secs(30)));
+            let admin = self.admin.as_ref().ok_or_else(|| Error::internal("Kafka admin client gone"))?;
             let timed =
-                tokio::time::timeout(Duration::from_secs(60), self.admin.create_topics([&new], &opts)).await;
+                tokio::time::timeout(Duration::from_secs(60), admin.create_topics([&new], &opts)).await;
             let result = timed
                 .map_err(|_| {
                     Error::unavailable(format!("creating topic {topic} timed out: brokers unreachable?"))
@@ -144,6 +146,15 @@ impl KafkaSink {
         }
         self.known.insert(topic.to_owned());
         Ok(())
+    }
+}
+
+impl Drop for KafkaSink {
+    /// librdkafka's destroy waits for its broker threads, which can take minutes while a
+    /// broker is frozen: do it on a thread of its own so a restart never waits for it.
+    fn drop(&mut self) {
+        let (producer, admin) = (self.producer.clone(), self.admin.take());
+        let _ = std::thread::Builder::new().name("kafka-drop".into()).spawn(move || drop((producer, admin)));
     }
 }
 
