@@ -261,7 +261,7 @@ async fn crash_mid_snapshot_resumes_at_the_last_finished_chunk() {
     // Wait on the file size, not its parsed lines: parsing a growing file takes long enough
     // for the snapshot to finish before the kill.
     let started = std::time::Instant::now();
-    while std::fs::metadata(&cdc.out).map_or(0, |m| m.len()) < 10_000_000 {
+    while std::fs::metadata(&cdc.out).map_or(0, |m| m.len()) < 40_000_000 {
         assert!(started.elapsed() < T, "no snapshot progress:\n{}", cdc.stderr());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
