@@ -192,3 +192,33 @@ fn docker_compose_cdc_command_and_config_are_accepted() {
     // 69: the configuration was accepted and only the host `mysql` is unreachable here.
     assert_eq!(code, 69, "compose's cdc command was not accepted:\n{out}\n{err}");
 }
+
+#[tokio::test]
+async fn canary_password_absent_from_a_normal_run() {
+    let _s = SERVER.read().await;
+    const CANARY: &str = "Canary-8842-pw";
+    let db = unique("canary");
+    let user = unique("canary");
+    database(&db, &["CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(10))", "INSERT INTO t VALUES (1, 'x')"])
+        .await;
+    sql(&[
+        &format!("CREATE USER '{user}'@'%' IDENTIFIED BY '{CANARY}'"),
+        &format!("GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '{user}'@'%'"),
+        &format!("GRANT SELECT ON {db}.* TO '{user}'@'%'"),
+    ])
+    .await;
+    let url = mysql_url().replace("cdc:cdc-test-pw", &format!("{user}:{CANARY}"));
+    let state = tempfile::tempdir().unwrap();
+    let tables = format!("{db}.*");
+    let args =
+        ["run", "--source", "mysql", "--source-url", &url, "--tables", &tables, "--snapshot", "initial-only"];
+    let (code, out, err) =
+        run(&[&args[..], &["--state-dir", state.path().to_str().unwrap()]].concat(), &[("CDC_LOG", "debug")]);
+    sql(&[&format!("DROP USER '{user}'@'%'")]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(r#""key":{"id":1}"#), "the run delivered the row: {out}");
+    assert!(
+        !out.contains(CANARY) && !err.contains(CANARY),
+        "password printed in a normal run:\n{out}\n{err}"
+    );
+}
