@@ -11,10 +11,14 @@ import org.apache.kafka.clients.admin.TopicDescription;
 import org.apache.kafka.clients.consumer.ConsumerConfig;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
+import org.apache.kafka.clients.producer.KafkaProducer;
+import org.apache.kafka.clients.producer.ProducerConfig;
+import org.apache.kafka.clients.producer.ProducerRecord;
 import org.apache.kafka.common.TopicPartition;
 import org.apache.kafka.common.TopicPartitionInfo;
 import org.apache.kafka.common.record.TimestampType;
 import org.apache.kafka.common.serialization.ByteArrayDeserializer;
+import org.apache.kafka.common.serialization.StringSerializer;
 
 import java.sql.Connection;
 import java.sql.DriverManager;
@@ -57,6 +61,9 @@ import java.util.stream.Collectors;
  *       rows (ids 1, 2, ... from the Sequence engine) whose {@code ts} column is
  *       {@code UNIX_TIMESTAMP(NOW(6))} in microseconds, for warmup + seconds. Prints
  *       {@code WARM} when the warm-up is written and one {@code WROTE ...} line at the end.</li>
+ *   <li>{@code warm brokers= topic= records=N}: produces N change-event-like JSON records
+ *       (~800 bytes, keyed, lz4, acks=all, idempotent) so that the broker's JIT has compiled its
+ *       produce path before anything is measured; prints {@code WARMED ...}.</li>
  * </ul>
  */
 public final class KafkaTool {
@@ -78,6 +85,7 @@ public final class KafkaTool {
             case "watch" -> watch(a);
             case "latency" -> latency(a);
             case "writer" -> writer(a);
+            case "warm" -> warm(a);
             default -> throw new IllegalArgumentException("unknown command " + argv[0]);
         }
         System.exit(0);
@@ -298,6 +306,7 @@ public final class KafkaTool {
             long maxLateNs = 0;
             long lateStmts = 0;
             long maxExecNs = 0;
+            long sumExecNs = 0;
             long warmEndNs = 0;
             for (long i = 0; i < totalStmts; i++) {
                 long target = t0 + i * intervalNs;
@@ -318,7 +327,9 @@ public final class KafkaTool {
                 if (changed != rows) {
                     throw new IllegalStateException("insert changed " + changed + " rows, expected " + rows);
                 }
-                maxExecNs = Math.max(maxExecNs, System.nanoTime() - now);
+                long exec = System.nanoTime() - now;
+                maxExecNs = Math.max(maxExecNs, exec);
+                sumExecNs += exec;
                 if (i + 1 == warmStmts) {
                     warmEndNs = System.nanoTime();
                     System.out.println("WARM rows=" + (warmStmts * rows));
@@ -329,11 +340,50 @@ public final class KafkaTool {
             long measuredNs = end - (warmStmts > 0 ? warmEndNs : t0);
             long measuredRows = (totalStmts - warmStmts) * rows;
             System.out.printf("WROTE rows=%d warm_rows=%d measured_rows=%d measured_ms=%d rate=%.0f max_late_ms=%.1f "
-                            + "late_stmts=%d max_exec_ms=%.1f%n",
+                            + "late_stmts=%d max_exec_ms=%.1f mean_exec_ms=%.2f%n",
                     totalStmts * rows, warmStmts * rows, measuredRows, TimeUnit.NANOSECONDS.toMillis(measuredNs),
-                    measuredRows * 1e9 / measuredNs, maxLateNs / 1e6, lateStmts, maxExecNs / 1e6);
+                    measuredRows * 1e9 / measuredNs, maxLateNs / 1e6, lateStmts, maxExecNs / 1e6,
+                    sumExecNs / 1e6 / totalStmts);
             System.out.flush();
         }
+    }
+
+    private static void warm(Map<String, String> a) throws Exception {
+        long n = Long.parseLong(a.getOrDefault("records", "500000"));
+        String topic = req(a, "topic");
+        Properties pp = new Properties();
+        pp.setProperty(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, req(a, "brokers"));
+        pp.setProperty(ProducerConfig.ACKS_CONFIG, "all");
+        pp.setProperty(ProducerConfig.ENABLE_IDEMPOTENCE_CONFIG, "true");
+        pp.setProperty(ProducerConfig.COMPRESSION_TYPE_CONFIG, "lz4");
+        pp.setProperty(ProducerConfig.LINGER_MS_CONFIG, "5");
+        pp.setProperty(ProducerConfig.BATCH_SIZE_CONFIG, "262144");
+        long t0 = System.nanoTime();
+        try (KafkaProducer<String, String> p = new KafkaProducer<>(pp, new StringSerializer(), new StringSerializer())) {
+            StringBuilder sb = new StringBuilder();
+            for (long i = 1; i <= n; i++) {
+                sb.setLength(0);
+                long h = i * 0x9E3779B97F4A7C15L;
+                sb.append("{\"before\":null,\"after\":{\"id\":").append(i).append(",\"a\":").append(i % 1000003)
+                        .append(",\"b\":\"");
+                for (int k = 0; k < 6; k++) {
+                    sb.append(Long.toHexString(h ^ (k * 0xC2B2AE3D27D4EB4FL)));
+                }
+                sb.append("\",\"c\":\"");
+                for (int k = 0; k < 6; k++) {
+                    sb.append(Long.toHexString(h * (k + 3)));
+                }
+                sb.append("\"},\"source\":{\"version\":\"warm\",\"connector\":\"mysql\",\"name\":\"warm\",")
+                        .append("\"ts_ms\":").append(System.currentTimeMillis())
+                        .append(",\"snapshot\":\"false\",\"db\":\"warm\",\"table\":\"t\",\"server_id\":1,")
+                        .append("\"file\":\"binlog.000001\",\"pos\":").append(i * 300)
+                        .append(",\"row\":0,\"thread\":null},\"op\":\"c\",\"ts_ms\":")
+                        .append(System.currentTimeMillis()).append(",\"transaction\":null}");
+                p.send(new ProducerRecord<>(topic, "{\"id\":" + i + "}", sb.toString()));
+            }
+            p.flush();
+        }
+        System.out.printf("WARMED records=%d ms=%d%n", n, TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0));
     }
 
     private static String req(Map<String, String> a, String k) {
