@@ -36,9 +36,12 @@ pub const TOPIC_REPLICATION: &str = "cdc.topic.replication.factor";
 
 /// A Kafka producer plus the topics known to exist.
 pub struct KafkaSink {
-    producer: FutureProducer,
-    /// Only `None` while being dropped.
+    /// Only `None` while being dropped (see `Drop`).
+    producer: Option<FutureProducer>,
     admin: Option<AdminClient<DefaultClientContext>>,
+    /// How long to wait for a batch's delivery reports: librdkafka's `message.timeout.ms`
+    /// plus a margin; longer means the producer is wedged.
+    report_limit: Duration,
     known: HashSet<String>,
     partitions: i32,
     replication: i32,
@@ -86,18 +89,27 @@ impl KafkaSink {
                 v.parse().map_err(|_| Error::config(format!("--kafka-option {key}={v}: expected a number")))
             })
         };
+        let timeout_ms = opt(config, "message.timeout.ms").unwrap_or(MESSAGE_TIMEOUT_MS.into());
+        let timeout_ms: u64 = timeout_ms.parse().map_err(|_| {
+            Error::config(format!("--kafka-option message.timeout.ms={timeout_ms}: expected a number"))
+        })?;
         Ok(KafkaSink {
-            producer,
+            producer: Some(producer),
             admin: Some(admin),
+            report_limit: Duration::from_millis(timeout_ms) + Duration::from_secs(15),
             known: HashSet::new(),
             partitions: number(TOPIC_PARTITIONS)?,
             replication: number(TOPIC_REPLICATION)?,
         })
     }
 
+    fn producer(&self) -> Result<&FutureProducer> {
+        self.producer.as_ref().ok_or_else(|| Error::internal("Kafka producer gone"))
+    }
+
     /// Creates `topic` unless it exists.
     async fn ensure_topic(&mut self, topic: &str) -> Result<()> {
-        let producer = self.producer.clone();
+        let producer = self.producer()?.clone();
         let name = topic.to_owned();
         let exists = tokio::task::spawn_blocking(move || {
             producer.client().fetch_metadata(Some(&name), Duration::from_secs(10)).map(|m| {
@@ -151,9 +163,10 @@ impl KafkaSink {
 
 impl Drop for KafkaSink {
     /// librdkafka's destroy waits for its broker threads, which can take minutes while a
-    /// broker is frozen: do it on a thread of its own so a restart never waits for it.
+    /// broker is frozen: do it on a thread of its own so a restart never waits for it. Both
+    /// clients are moved there (a clone would leave the last reference racing on this thread).
     fn drop(&mut self) {
-        let (producer, admin) = (self.producer.clone(), self.admin.take());
+        let (producer, admin) = (self.producer.take(), self.admin.take());
         let _ = std::thread::Builder::new().name("kafka-drop".into()).spawn(move || drop((producer, admin)));
     }
 }
@@ -179,8 +192,10 @@ fn delivery_error(e: KafkaError, what: String) -> Error {
 
 impl Sink for KafkaSink {
     async fn send(&mut self, batch: Batch) -> Result<Delivery> {
-        let mut pending = Vec::with_capacity(batch.records.len());
-        for r in &batch.records {
+        let producer = self.producer()?.clone();
+        let records = batch.records;
+        let mut pending = Vec::with_capacity(records.len());
+        for r in &records {
             if !self.known.contains(&*r.topic) {
                 self.ensure_topic(&r.topic).await?;
             }
@@ -194,8 +209,8 @@ impl Sink for KafkaSink {
                 if let Some(v) = &r.value {
                     record = record.payload(v.as_slice());
                 }
-                match self.producer.send_result(record) {
-                    Ok(f) => break pending.push((f, r.topic.clone(), r.key.clone(), size)),
+                match producer.send_result(record) {
+                    Ok(f) => break pending.push(f),
                     // The local queue is full: that is backpressure, wait for deliveries.
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                         waited += 1;
@@ -211,22 +226,19 @@ impl Sink for KafkaSink {
                 }
             }
         }
+        let limit = self.report_limit;
         Ok(Box::pin(async move {
             // librdkafka reports every record within `message.timeout.ms`; waiting longer means
             // the producer is wedged, and a fresh one (the run restarts) is the way out.
-            let limit =
-                Duration::from_millis(MESSAGE_TIMEOUT_MS.parse().unwrap_or(30_000)) + Duration::from_secs(15);
             let deadline = tokio::time::Instant::now() + limit;
-            for (f, topic, key, size) in pending {
+            for (f, r) in pending.into_iter().zip(&records) {
+                let what = || describe(&r.topic, r.key.as_deref(), r.size());
                 let report = tokio::time::timeout_at(deadline, f).await.map_err(|_| {
-                    Error::unavailable(format!(
-                        "no delivery report within {limit:?} ({})",
-                        describe(&topic, key.as_deref(), size)
-                    ))
+                    Error::unavailable(format!("no delivery report within {limit:?} ({})", what()))
                 })?;
                 match report {
                     Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(delivery_error(e, describe(&topic, key.as_deref(), size))),
+                    Ok(Err((e, _))) => return Err(delivery_error(e, what())),
                     Err(_) => {
                         return Err(Error::unavailable(
                             "the Kafka producer went away before confirming delivery",
