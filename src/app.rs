@@ -168,9 +168,16 @@ pub async fn check(config: &Config) -> Result<i32> {
         };
         println!("{label}  {:<26} {}", c.name, c.detail);
     }
-    if let Err(e) = build_sink(config) {
-        println!("FAIL  {:<26} {e}", "sink");
-        code = if code == 0 { e.kind().exit_code() } else { code };
+    let sink = match build_sink(config) {
+        Ok(sink) => sink.check().await,
+        Err(e) => Err(e),
+    };
+    match sink {
+        Ok(detail) => println!("ok    {:<26} {detail}", "sink"),
+        Err(e) => {
+            println!("FAIL  {:<26} {e}", "sink");
+            code = if code == 0 || e.kind() == Kind::Auth { e.kind().exit_code() } else { code };
+        }
     }
     Ok(code)
 }

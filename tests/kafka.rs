@@ -411,6 +411,60 @@ async fn unsafe_producer_settings_are_refused() {
     }
 }
 
+/// `--sink kafka` flags for the test bed's SASL_SSL listener (SCRAM-SHA-512, user cdc).
+fn secure_args(prefix: &str, password: &str) -> Vec<String> {
+    let brokers = std::env::var("CDC_TEST_KAFKA_SECURE_BROKERS").unwrap_or_else(|_| "127.0.0.1:9095".into());
+    let ca = std::env::var("CDC_TEST_KAFKA_CA").unwrap_or_else(|_| "/tmp/cdc-testbed/kafka/ca.pem".into());
+    let mut args: Vec<String> =
+        ["--sink", "kafka", "--kafka-brokers", &brokers, "--topic-prefix", prefix].map(String::from).into();
+    for opt in [
+        "security.protocol=SASL_SSL",
+        "sasl.mechanism=SCRAM-SHA-512",
+        "sasl.username=cdc",
+        &format!("sasl.password={password}"),
+        &format!("ssl.ca.location={ca}"),
+    ] {
+        args.extend(["--kafka-option".to_owned(), opt.to_owned()]);
+    }
+    args
+}
+
+#[tokio::test]
+async fn sasl_scram_over_tls_delivers_and_a_wrong_password_exits_77() {
+    let (_s, _k) = (SERVER.read().await, KAFKA.read().await);
+    let db = unique("kafsasl");
+    let prefix = unique("p");
+    database(&db, &["CREATE TABLE t (id BIGINT PRIMARY KEY, v INT)"]).await;
+    let tables = format!("{db}.*");
+    let good = secure_args(&prefix, "cdc-test-pw");
+    let good: Vec<&str> = good.iter().map(String::as_str).collect();
+    let dir = workdir("kafsasl");
+    let mut cdc = Running::mysql(&dir, &tables, &good);
+    cdc.wait_log("streaming the binlog", T).await;
+    let committed = write_changes(db.clone(), 1, 50, Duration::ZERO).await;
+    let topic = format!("{prefix}.{db}.t");
+    consume(std::slice::from_ref(&topic), T, |g| all_present(g, &topic, &committed));
+    let log = cdc.stderr();
+    assert!(cdc.stop().success(), "{log}");
+
+    // A wrong password is a configuration problem, not an outage: exit 77 at once, saying so.
+    let secret = "not-the-password-7";
+    let bad = secure_args(&prefix, secret);
+    let bad: Vec<&str> = bad.iter().map(String::as_str).collect();
+    let url = mysql_url();
+    let base = ["--source", "mysql", "--source-url", &url, "--tables", &tables];
+    let (code, out, err) = run(&[&["check"], &base[..], &bad].concat(), &[]);
+    assert_eq!(code, 77, "{out}{err}");
+    assert!(out.contains("FAIL  sink") && out.contains("Kafka refused the credentials"), "{out}");
+    let dir = workdir("kafsaslbad");
+    let mut cdc = Running::mysql(&dir, &tables, &bad);
+    let status = wait_exit(&mut cdc.child, T);
+    let err = cdc.stderr();
+    assert_eq!(status.code(), Some(77), "{err}");
+    assert!(err.contains("Kafka refused the credentials") && err.contains("sasl.password"), "{err}");
+    assert!(!err.contains(secret) && !out.contains(secret), "password printed: {err}");
+}
+
 fn peak_rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status

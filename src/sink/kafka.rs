@@ -13,10 +13,11 @@ use crate::config::Config;
 use crate::error::{Error, Kind, Result};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Bound of librdkafka's local queue in KiB (its default is 1 GiB): this is what a stalled
@@ -34,11 +35,41 @@ pub const TOPIC_PARTITIONS: &str = "cdc.topic.partitions";
 /// Replication factor of topics `cdc` creates (`-1`: the broker's default).
 pub const TOPIC_REPLICATION: &str = "cdc.topic.replication.factor";
 
+/// Logs librdkafka's client-level errors and remembers an authentication failure, so that a
+/// wrong password stops `cdc` with exit 77 instead of being retried like an outage.
+#[derive(Clone, Default)]
+pub struct Context(Arc<Mutex<Option<String>>>);
+
+impl ClientContext for Context {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Authentication) {
+            *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
+        }
+        tracing::error!("librdkafka: {error}: {reason}");
+    }
+}
+
+impl Context {
+    /// `err`, or the authentication failure behind it (taken: reported once).
+    fn explain(&self, err: Error) -> Error {
+        match self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(reason) => Error::new(
+                Kind::Auth,
+                format!(
+                    "Kafka refused the credentials ({reason}): check sasl.mechanism, sasl.username and sasl.password"
+                ),
+            ),
+            None => err,
+        }
+    }
+}
+
 /// A Kafka producer plus the topics known to exist.
 pub struct KafkaSink {
     /// Only `None` while being dropped (see `Drop`).
-    producer: Option<FutureProducer>,
-    admin: Option<AdminClient<DefaultClientContext>>,
+    producer: Option<FutureProducer<Context>>,
+    admin: Option<AdminClient<Context>>,
+    context: Context,
     /// How long to wait for a batch's delivery reports: librdkafka's `message.timeout.ms`
     /// plus a margin; longer means the producer is wedged.
     report_limit: Duration,
@@ -82,8 +113,9 @@ impl KafkaSink {
             cfg.set(k, v);
         }
         let bad = |e: KafkaError| Error::config("invalid Kafka settings (--kafka-option)").with_source(e);
-        let producer: FutureProducer = cfg.create().map_err(bad)?;
-        let admin: AdminClient<DefaultClientContext> = cfg.create().map_err(bad)?;
+        let context = Context::default();
+        let producer: FutureProducer<Context> = cfg.create_with_context(context.clone()).map_err(bad)?;
+        let admin: AdminClient<Context> = cfg.create_with_context(context.clone()).map_err(bad)?;
         let number = |key: &str| -> Result<i32> {
             opt(config, key).map_or(Ok(-1), |v| {
                 v.parse().map_err(|_| Error::config(format!("--kafka-option {key}={v}: expected a number")))
@@ -96,6 +128,7 @@ impl KafkaSink {
         Ok(KafkaSink {
             producer: Some(producer),
             admin: Some(admin),
+            context,
             report_limit: Duration::from_millis(timeout_ms) + Duration::from_secs(15),
             known: HashSet::new(),
             partitions: number(TOPIC_PARTITIONS)?,
@@ -103,24 +136,45 @@ impl KafkaSink {
         })
     }
 
-    fn producer(&self) -> Result<&FutureProducer> {
+    fn producer(&self) -> Result<&FutureProducer<Context>> {
         self.producer.as_ref().ok_or_else(|| Error::internal("Kafka producer gone"))
+    }
+
+    /// Reads the cluster's metadata (of `topic` only, or of all topics); `f` digests it.
+    async fn metadata<T: Send + 'static>(
+        &self,
+        topic: Option<&str>,
+        f: impl FnOnce(&rdkafka::metadata::Metadata) -> T + Send + 'static,
+    ) -> Result<T> {
+        let producer = self.producer()?.clone();
+        let name = topic.map(str::to_owned);
+        tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(name.as_deref(), Duration::from_secs(10)).map(|m| f(&m))
+        })
+        .await
+        .map_err(|e| Error::internal("metadata task failed").with_source(e))?
+        .map_err(|e| {
+            let err = Error::unavailable("cannot read Kafka metadata: brokers unreachable?").with_source(e);
+            self.context.explain(err)
+        })
+    }
+
+    /// For `cdc check`: the brokers answer and accept the credentials.
+    pub async fn check(&self) -> Result<String> {
+        let (brokers, topics) = self.metadata(None, |m| (m.brokers().len(), m.topics().len())).await?;
+        Ok(format!("Kafka answers: {brokers} broker(s), {topics} topic(s) visible"))
     }
 
     /// Creates `topic` unless it exists.
     async fn ensure_topic(&mut self, topic: &str) -> Result<()> {
-        let producer = self.producer()?.clone();
         let name = topic.to_owned();
-        let exists = tokio::task::spawn_blocking(move || {
-            producer.client().fetch_metadata(Some(&name), Duration::from_secs(10)).map(|m| {
+        let exists = self
+            .metadata(Some(topic), move |m| {
                 m.topics()
                     .iter()
                     .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
             })
-        })
-        .await
-        .map_err(|e| Error::internal("metadata task failed").with_source(e))?
-        .map_err(|e| Error::unavailable("cannot read Kafka metadata: brokers unreachable?").with_source(e))?;
+            .await?;
         if !exists {
             let new = NewTopic::new(topic, self.partitions, TopicReplication::Fixed(self.replication));
             let opts = AdminOptions::new()
@@ -226,27 +280,30 @@ impl Sink for KafkaSink {
                 }
             }
         }
-        let limit = self.report_limit;
+        let (limit, context) = (self.report_limit, self.context.clone());
         Ok(Box::pin(async move {
             // librdkafka reports every record within `message.timeout.ms`; waiting longer means
             // the producer is wedged, and a fresh one (the run restarts) is the way out.
             let deadline = tokio::time::Instant::now() + limit;
-            for (f, r) in pending.into_iter().zip(&records) {
-                let what = || describe(&r.topic, r.key.as_deref(), r.size());
-                let report = tokio::time::timeout_at(deadline, f).await.map_err(|_| {
-                    Error::unavailable(format!("no delivery report within {limit:?} ({})", what()))
-                })?;
-                match report {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(delivery_error(e, what())),
-                    Err(_) => {
-                        return Err(Error::unavailable(
-                            "the Kafka producer went away before confirming delivery",
-                        ));
+            let reports = async {
+                for (f, r) in pending.into_iter().zip(&records) {
+                    let what = || describe(&r.topic, r.key.as_deref(), r.size());
+                    let report = tokio::time::timeout_at(deadline, f).await.map_err(|_| {
+                        Error::unavailable(format!("no delivery report within {limit:?} ({})", what()))
+                    })?;
+                    match report {
+                        Ok(Ok(_)) => {}
+                        Ok(Err((e, _))) => return Err(delivery_error(e, what())),
+                        Err(_) => {
+                            return Err(Error::unavailable(
+                                "the Kafka producer went away before confirming delivery",
+                            ));
+                        }
                     }
                 }
-            }
-            Ok(())
+                Ok(())
+            };
+            reports.await.map_err(|e| if e.is_transient() { context.explain(e) } else { e })
         }))
     }
 

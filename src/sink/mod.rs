@@ -45,6 +45,17 @@ pub enum AnySink {
     Kafka(kafka::KafkaSink),
 }
 
+impl AnySink {
+    /// For `cdc check`: whether the destination answers (a line of detail).
+    pub async fn check(&self) -> Result<String> {
+        match self {
+            AnySink::Lines(_) => Ok("writes JSON lines".into()),
+            #[cfg(feature = "kafka")]
+            AnySink::Kafka(s) => s.check().await,
+        }
+    }
+}
+
 impl Sink for AnySink {
     async fn send(&mut self, batch: Batch) -> Result<Delivery> {
         match self {
