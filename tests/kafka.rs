@@ -387,6 +387,27 @@ async fn oversize_record_exits_65_naming_topic_key_and_size() {
 }
 
 #[tokio::test]
+async fn a_topic_the_broker_cannot_create_exits_78_naming_it() {
+    let (_s, _k) = (SERVER.read().await, KAFKA.read().await);
+    let db = unique("kafrf");
+    let prefix = unique("p");
+    database(&db, &["CREATE TABLE t (id INT PRIMARY KEY, v INT)", "INSERT INTO t VALUES (1, 1)"]).await;
+    let mut args = kafka_args(&prefix);
+    // One broker cannot hold three replicas.
+    args.extend(["--kafka-option".into(), "cdc.topic.replication.factor=3".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let dir = workdir("kafrf");
+    let mut cdc = Running::mysql(&dir, &format!("{db}.*"), &args);
+    let status = wait_exit(&mut cdc.child, T);
+    let err = cdc.stderr();
+    assert_eq!(status.code(), Some(78), "{err}");
+    assert!(
+        err.contains(&format!("cannot create topic {prefix}.{db}.t")) && err.contains("replication"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn unsafe_producer_settings_are_refused() {
     let url = mysql_url();
     for opt in ["acks=1", "enable.idempotence=false"] {
