@@ -4,7 +4,8 @@
 //! Streams consumers co-partition.
 //!
 //! Delivery: the producer is idempotent with `acks=all`; a batch's [`Delivery`] resolves only
-//! when every record of it has a successful delivery report. A full local queue is
+//! when every record of it has a successful delivery report (counted by the producer's
+//! delivery callback into the batch's [`Reports`], so no per-record future or allocation). A full local queue is
 //! backpressure (wait for deliveries, then retry), never an error. Missing topics are
 //! created before their first record.
 
@@ -15,8 +16,10 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,6 +52,34 @@ impl ClientContext for Context {
     }
 }
 
+/// The delivery reports of one batch, filled in by librdkafka's delivery callback.
+#[derive(Default)]
+pub struct Reports {
+    /// Records not reported yet.
+    pending: AtomicUsize,
+    /// The first failed delivery.
+    failure: Mutex<Option<Error>>,
+    /// Signalled when `pending` reaches zero.
+    done: tokio::sync::Notify,
+}
+
+impl ProducerContext for Context {
+    type DeliveryOpaque = Arc<Reports>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, reports: Arc<Reports>) {
+        if let Err((e, m)) = result {
+            let mut failure = reports.failure.lock().unwrap_or_else(|e| e.into_inner());
+            if failure.is_none() {
+                let size = m.key_len() + m.payload_len();
+                *failure = Some(delivery_error(e.clone(), describe(m.topic(), m.key(), size)));
+            }
+        }
+        if reports.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            reports.done.notify_one();
+        }
+    }
+}
+
 impl Context {
     /// `err`, or the authentication failure behind it (taken: reported once).
     fn explain(&self, err: Error) -> Error {
@@ -67,7 +98,7 @@ impl Context {
 /// A Kafka producer plus the topics known to exist.
 pub struct KafkaSink {
     /// Only `None` while being dropped (see `Drop`).
-    producer: Option<FutureProducer<Context>>,
+    producer: Option<ThreadedProducer<Context>>,
     admin: Option<AdminClient<Context>>,
     context: Context,
     /// How long to wait for a batch's delivery reports: librdkafka's `message.timeout.ms`
@@ -114,7 +145,7 @@ impl KafkaSink {
         }
         let bad = |e: KafkaError| Error::config("invalid Kafka settings (--kafka-option)").with_source(e);
         let context = Context::default();
-        let producer: FutureProducer<Context> = cfg.create_with_context(context.clone()).map_err(bad)?;
+        let producer: ThreadedProducer<Context> = cfg.create_with_context(context.clone()).map_err(bad)?;
         let admin: AdminClient<Context> = cfg.create_with_context(context.clone()).map_err(bad)?;
         let number = |key: &str| -> Result<i32> {
             opt(config, key).map_or(Ok(-1), |v| {
@@ -136,7 +167,7 @@ impl KafkaSink {
         })
     }
 
-    fn producer(&self) -> Result<&FutureProducer<Context>> {
+    fn producer(&self) -> Result<&ThreadedProducer<Context>> {
         self.producer.as_ref().ok_or_else(|| Error::internal("Kafka producer gone"))
     }
 
@@ -247,24 +278,23 @@ fn delivery_error(e: KafkaError, what: String) -> Error {
 impl Sink for KafkaSink {
     async fn send(&mut self, batch: Batch) -> Result<Delivery> {
         let producer = self.producer()?.clone();
-        let records = batch.records;
-        let mut pending = Vec::with_capacity(records.len());
-        for r in &records {
+        let total = batch.records.len();
+        let reports = Arc::new(Reports { pending: AtomicUsize::new(total), ..Reports::default() });
+        for r in &batch.records {
             if !self.known.contains(&*r.topic) {
                 self.ensure_topic(&r.topic).await?;
             }
-            let size = r.size();
             let mut waited = 0u32;
             loop {
-                let mut record = FutureRecord::<[u8], [u8]>::to(&r.topic);
+                let mut record = BaseRecord::<[u8], [u8], _>::with_opaque_to(&r.topic, reports.clone());
                 if let Some(k) = &r.key {
                     record = record.key(k.as_slice());
                 }
                 if let Some(v) = &r.value {
                     record = record.payload(v.as_slice());
                 }
-                match producer.send_result(record) {
-                    Ok(f) => break pending.push(f),
+                match producer.send(record) {
+                    Ok(()) => break,
                     // The local queue is full: that is backpressure, wait for deliveries.
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                         waited += 1;
@@ -276,34 +306,35 @@ impl Sink for KafkaSink {
                         }
                         tokio::time::sleep(Duration::from_millis(5)).await
                     }
-                    Err((e, _)) => return Err(delivery_error(e, describe(&r.topic, r.key.as_deref(), size))),
+                    Err((e, _)) => {
+                        return Err(delivery_error(e, describe(&r.topic, r.key.as_deref(), r.size())));
+                    }
                 }
             }
         }
+        // librdkafka holds its own copies now: the batch's memory is freed here, not on delivery.
+        drop(batch);
         let (limit, context) = (self.report_limit, self.context.clone());
         Ok(Box::pin(async move {
             // librdkafka reports every record within `message.timeout.ms`; waiting longer means
             // the producer is wedged, and a fresh one (the run restarts) is the way out.
             let deadline = tokio::time::Instant::now() + limit;
-            let reports = async {
-                for (f, r) in pending.into_iter().zip(&records) {
-                    let what = || describe(&r.topic, r.key.as_deref(), r.size());
-                    let report = tokio::time::timeout_at(deadline, f).await.map_err(|_| {
-                        Error::unavailable(format!("no delivery report within {limit:?} ({})", what()))
-                    })?;
-                    match report {
-                        Ok(Ok(_)) => {}
-                        Ok(Err((e, _))) => return Err(delivery_error(e, what())),
-                        Err(_) => {
-                            return Err(Error::unavailable(
-                                "the Kafka producer went away before confirming delivery",
-                            ));
-                        }
-                    }
+            loop {
+                let done = reports.done.notified();
+                let pending = reports.pending.load(Ordering::Acquire);
+                if pending == 0 {
+                    break;
                 }
-                Ok(())
-            };
-            reports.await.map_err(|e| if e.is_transient() { context.explain(e) } else { e })
+                if tokio::time::timeout_at(deadline, done).await.is_err() {
+                    let e = format!("no delivery report within {limit:?} for {pending} of {total} records");
+                    return Err(context.explain(Error::unavailable(e)));
+                }
+            }
+            match reports.failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                Some(e) if e.is_transient() => Err(context.explain(e)),
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
         }))
     }
 
