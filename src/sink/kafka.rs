@@ -5,9 +5,9 @@
 //!
 //! Delivery: the producer is idempotent with `acks=all`; a batch's [`Delivery`] resolves only
 //! when every record of it has a successful delivery report (counted by the producer's
-//! delivery callback into the batch's [`Reports`], so no per-record future or allocation). A full local queue is
-//! backpressure (wait for deliveries, then retry), never an error. Missing topics are
-//! created before their first record.
+//! delivery callback into the batch's [`Reports`]: no per-record future or allocation). A
+//! full local queue is backpressure (wait for deliveries, then retry), never an error.
+//! Missing topics are created before their first record.
 
 use super::{Batch, Delivery, Sink};
 use crate::config::Config;
