@@ -386,25 +386,30 @@ async fn oversize_record_exits_65_naming_topic_key_and_size() {
     );
 }
 
+/// Runs cdc (sink flags from `args(prefix)`) on a one-row table: (exit code, stderr, topic).
+async fn first_topic(tag: &str, args: impl Fn(&str) -> Vec<String>) -> (Option<i32>, String, String) {
+    let db = unique(tag);
+    let prefix = unique("p");
+    database(&db, &["CREATE TABLE t (id INT PRIMARY KEY, v INT)", "INSERT INTO t VALUES (1, 1)"]).await;
+    let args = args(&prefix);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cdc = Running::mysql(&workdir(tag), &format!("{db}.*"), &args);
+    let status = wait_exit(&mut cdc.child, T);
+    (status.code(), cdc.stderr(), format!("{prefix}.{db}.t"))
+}
+
 #[tokio::test]
 async fn a_topic_the_broker_cannot_create_exits_78_naming_it() {
     let (_s, _k) = (SERVER.read().await, KAFKA.read().await);
-    let db = unique("kafrf");
-    let prefix = unique("p");
-    database(&db, &["CREATE TABLE t (id INT PRIMARY KEY, v INT)", "INSERT INTO t VALUES (1, 1)"]).await;
-    let mut args = kafka_args(&prefix);
     // One broker cannot hold three replicas.
-    args.extend(["--kafka-option".into(), "cdc.topic.replication.factor=3".into()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let dir = workdir("kafrf");
-    let mut cdc = Running::mysql(&dir, &format!("{db}.*"), &args);
-    let status = wait_exit(&mut cdc.child, T);
-    let err = cdc.stderr();
-    assert_eq!(status.code(), Some(78), "{err}");
-    assert!(
-        err.contains(&format!("cannot create topic {prefix}.{db}.t")) && err.contains("replication"),
-        "{err}"
-    );
+    let (code, err, topic) = first_topic("kafrf", |prefix| {
+        let mut args = kafka_args(prefix);
+        args.extend(["--kafka-option".into(), "cdc.topic.replication.factor=3".into()]);
+        args
+    })
+    .await;
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains(&format!("cannot create topic {topic}")) && err.contains("replication"), "{err}");
 }
 
 #[tokio::test]
@@ -432,8 +437,8 @@ async fn unsafe_producer_settings_are_refused() {
     }
 }
 
-/// `--sink kafka` flags for the test bed's SASL_SSL listener (SCRAM-SHA-512, user cdc).
-fn secure_args(prefix: &str, password: &str) -> Vec<String> {
+/// `--sink kafka` flags for the test bed's SASL_SSL listener (SCRAM-SHA-512).
+fn secure_args(prefix: &str, user: &str, password: &str) -> Vec<String> {
     let brokers = std::env::var("CDC_TEST_KAFKA_SECURE_BROKERS").unwrap_or_else(|_| "127.0.0.1:9095".into());
     let ca = std::env::var("CDC_TEST_KAFKA_CA").unwrap_or_else(|_| "/tmp/cdc-testbed/kafka/ca.pem".into());
     let mut args: Vec<String> =
@@ -441,7 +446,7 @@ fn secure_args(prefix: &str, password: &str) -> Vec<String> {
     for opt in [
         "security.protocol=SASL_SSL",
         "sasl.mechanism=SCRAM-SHA-512",
-        "sasl.username=cdc",
+        &format!("sasl.username={user}"),
         &format!("sasl.password={password}"),
         &format!("ssl.ca.location={ca}"),
     ] {
@@ -457,7 +462,7 @@ async fn sasl_scram_over_tls_delivers_and_a_wrong_password_exits_77() {
     let prefix = unique("p");
     database(&db, &["CREATE TABLE t (id BIGINT PRIMARY KEY, v INT)"]).await;
     let tables = format!("{db}.*");
-    let good = secure_args(&prefix, "cdc-test-pw");
+    let good = secure_args(&prefix, "cdc", "cdc-test-pw");
     let good: Vec<&str> = good.iter().map(String::as_str).collect();
     let dir = workdir("kafsasl");
     let mut cdc = Running::mysql(&dir, &tables, &good);
@@ -470,7 +475,7 @@ async fn sasl_scram_over_tls_delivers_and_a_wrong_password_exits_77() {
 
     // A wrong password is a configuration problem, not an outage: exit 77 at once, saying so.
     let secret = "not-the-password-7";
-    let bad = secure_args(&prefix, secret);
+    let bad = secure_args(&prefix, "cdc", secret);
     let bad: Vec<&str> = bad.iter().map(String::as_str).collect();
     let url = mysql_url();
     let base = ["--source", "mysql", "--source-url", &url, "--tables", &tables];
@@ -484,6 +489,15 @@ async fn sasl_scram_over_tls_delivers_and_a_wrong_password_exits_77() {
     assert_eq!(status.code(), Some(77), "{err}");
     assert!(err.contains("Kafka refused the credentials") && err.contains("sasl.password"), "{err}");
     assert!(!err.contains(secret) && !out.contains(secret), "password printed: {err}");
+}
+
+#[tokio::test]
+async fn a_user_not_allowed_to_create_the_topic_exits_77_naming_it() {
+    let (_s, _k) = (SERVER.read().await, KAFKA.read().await);
+    // The test bed's `cdc-nocreate` may write and describe topics, not create them.
+    let (code, err, topic) = first_topic("kafacl", |p| secure_args(p, "cdc-nocreate", "cdc-test-pw")).await;
+    assert_eq!(code, Some(77), "{err}");
+    assert!(err.contains(&format!("not allowed to create topic {topic}")), "{err}");
 }
 
 fn peak_rss_kb(pid: u32) -> u64 {
