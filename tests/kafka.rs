@@ -386,11 +386,16 @@ async fn oversize_record_exits_65_naming_topic_key_and_size() {
     );
 }
 
-/// Runs cdc (sink flags from `args(prefix)`) on a one-row table: (exit code, stderr, topic).
+/// Runs cdc (sink flags from `args(prefix)`) on a table with one 3 KB row: (exit code, stderr,
+/// topic).
 async fn first_topic(tag: &str, args: impl Fn(&str) -> Vec<String>) -> (Option<i32>, String, String) {
     let db = unique(tag);
     let prefix = unique("p");
-    database(&db, &["CREATE TABLE t (id INT PRIMARY KEY, v INT)", "INSERT INTO t VALUES (1, 1)"]).await;
+    database(
+        &db,
+        &["CREATE TABLE t (id INT PRIMARY KEY, v TEXT)", "INSERT INTO t VALUES (1, REPEAT('x', 3000))"],
+    )
+    .await;
     let args = args(&prefix);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut cdc = Running::mysql(&workdir(tag), &format!("{db}.*"), &args);
@@ -402,10 +407,8 @@ async fn first_topic(tag: &str, args: impl Fn(&str) -> Vec<String>) -> (Option<i
 async fn a_topic_the_broker_cannot_create_exits_78_naming_it() {
     let (_s, _k) = (SERVER.read().await, KAFKA.read().await);
     // One broker cannot hold three replicas.
-    let (code, err, topic) = first_topic("kafrf", |prefix| {
-        let mut args = kafka_args(prefix);
-        args.extend(["--kafka-option".into(), "cdc.topic.replication.factor=3".into()]);
-        args
+    let (code, err, topic) = first_topic("kafrf", |p| {
+        [kafka_args(p), vec!["--kafka-option".into(), "cdc.topic.replication.factor=3".into()]].concat()
     })
     .await;
     assert_eq!(code, Some(78), "{err}");
@@ -489,6 +492,18 @@ async fn sasl_scram_over_tls_delivers_and_a_wrong_password_exits_77() {
     assert_eq!(status.code(), Some(77), "{err}");
     assert!(err.contains("Kafka refused the credentials") && err.contains("sasl.password"), "{err}");
     assert!(!err.contains(secret) && !out.contains(secret), "password printed: {err}");
+}
+
+#[tokio::test]
+async fn a_record_larger_than_the_producer_queue_exits_65() {
+    let (_s, _k) = (SERVER.read().await, KAFKA.read().await);
+    // It could never be queued: waiting for room would wait forever.
+    let (code, err, topic) = first_topic("kafq", |p| {
+        [kafka_args(p), vec!["--kafka-option".into(), "queue.buffering.max.kbytes=1".into()]].concat()
+    })
+    .await;
+    assert_eq!(code, Some(65), "{err}");
+    assert!(err.contains("larger than the producer queue") && err.contains(&topic), "{err}");
 }
 
 #[tokio::test]

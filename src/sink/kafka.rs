@@ -38,15 +38,19 @@ pub const TOPIC_PARTITIONS: &str = "cdc.topic.partitions";
 /// Replication factor of topics `cdc` creates (`-1`: the broker's default).
 pub const TOPIC_REPLICATION: &str = "cdc.topic.replication.factor";
 
-/// Logs librdkafka's client-level errors and remembers an authentication failure, so that a
-/// wrong password stops `cdc` with exit 77 instead of being retried like an outage.
+/// The clients' context: logs librdkafka's client-level errors, remembers an authentication
+/// failure (so a wrong password stops `cdc` with exit 77 instead of being retried like an
+/// outage) and counts delivery reports into each batch's [`Reports`].
 #[derive(Clone, Default)]
-pub struct Context(Arc<Mutex<Option<String>>>);
+pub struct Context {
+    /// librdkafka's text of the last authentication failure, until something succeeds.
+    auth_failure: Arc<Mutex<Option<String>>>,
+}
 
 impl ClientContext for Context {
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Authentication) {
-            *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
+            *self.auth_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
         }
         tracing::error!("librdkafka: {error}: {reason}");
     }
@@ -81,9 +85,12 @@ impl ProducerContext for Context {
 }
 
 impl Context {
-    /// `err`, or the authentication failure behind it (taken: reported once).
+    /// A transient `err`, or the authentication failure behind it.
     fn explain(&self, err: Error) -> Error {
-        match self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if !err.is_transient() {
+            return err;
+        }
+        match self.auth_failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
             Some(reason) => Error::new(
                 Kind::Auth,
                 format!(
@@ -93,6 +100,11 @@ impl Context {
             None => err,
         }
     }
+
+    /// The brokers answered: an earlier authentication failure was a blip.
+    fn succeeded(&self) {
+        self.auth_failure.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
 }
 
 /// A Kafka producer plus the topics known to exist.
@@ -101,9 +113,11 @@ pub struct KafkaSink {
     producer: Option<ThreadedProducer<Context>>,
     admin: Option<AdminClient<Context>>,
     context: Context,
-    /// How long to wait for a batch's delivery reports: librdkafka's `message.timeout.ms`
-    /// plus a margin; longer means the producer is wedged.
-    report_limit: Duration,
+    /// How long to wait for a batch's delivery reports (and for room in the queue):
+    /// librdkafka's `message.timeout.ms` plus a margin; longer means the producer is wedged.
+    report_limit: Option<Duration>,
+    /// Size of librdkafka's queue: a larger record could never be queued.
+    queue_bytes: usize,
     known: HashSet<String>,
     partitions: i32,
     replication: i32,
@@ -122,6 +136,9 @@ impl KafkaSink {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("partitioner", "murmur2_random")
+            // Metadata requests must not create topics with the broker's defaults: `cdc`
+            // creates them itself, with cdc.topic.partitions / cdc.topic.replication.factor.
+            .set("allow.auto.create.topics", "false")
             .set("queue.buffering.max.kbytes", QUEUE_MAX_KBYTES)
             .set("message.timeout.ms", MESSAGE_TIMEOUT_MS)
             .set("linger.ms", "5")
@@ -152,15 +169,24 @@ impl KafkaSink {
                 v.parse().map_err(|_| Error::config(format!("--kafka-option {key}={v}: expected a number")))
             })
         };
-        let timeout_ms = opt(config, "message.timeout.ms").unwrap_or(MESSAGE_TIMEOUT_MS.into());
+        let timeout_ms = config
+            .kafka_options
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "message.timeout.ms" || k == "delivery.timeout.ms")
+            .map_or(MESSAGE_TIMEOUT_MS, |(_, v)| v.as_str());
         let timeout_ms: u64 = timeout_ms.parse().map_err(|_| {
             Error::config(format!("--kafka-option message.timeout.ms={timeout_ms}: expected a number"))
         })?;
+        let queue_kib = opt(config, "queue.buffering.max.kbytes").unwrap_or(QUEUE_MAX_KBYTES.into());
         Ok(KafkaSink {
             producer: Some(producer),
             admin: Some(admin),
             context,
-            report_limit: Duration::from_millis(timeout_ms) + Duration::from_secs(15),
+            // 0 means librdkafka retries forever: then so do we.
+            report_limit: (timeout_ms > 0)
+                .then(|| Duration::from_millis(timeout_ms) + Duration::from_secs(15)),
+            queue_bytes: queue_kib.parse::<usize>().map_or(usize::MAX, |k| k.saturating_mul(1024)),
             known: HashSet::new(),
             partitions: number(TOPIC_PARTITIONS)?,
             replication: number(TOPIC_REPLICATION)?,
@@ -179,15 +205,20 @@ impl KafkaSink {
     ) -> Result<T> {
         let producer = self.producer()?.clone();
         let name = topic.map(str::to_owned);
-        tokio::task::spawn_blocking(move || {
+        let read = tokio::task::spawn_blocking(move || {
             producer.client().fetch_metadata(name.as_deref(), Duration::from_secs(10)).map(|m| f(&m))
         })
         .await
-        .map_err(|e| Error::internal("metadata task failed").with_source(e))?
-        .map_err(|e| {
-            let err = Error::unavailable("cannot read Kafka metadata: brokers unreachable?").with_source(e);
-            self.context.explain(err)
-        })
+        .map_err(|e| Error::internal("metadata task failed").with_source(e))?;
+        match read {
+            Ok(t) => {
+                self.context.succeeded();
+                Ok(t)
+            }
+            Err(e) => Err(self.context.explain(
+                Error::unavailable("cannot read Kafka metadata: brokers unreachable?").with_source(e),
+            )),
+        }
     }
 
     /// For `cdc check`: the brokers answer and accept the credentials.
@@ -218,7 +249,10 @@ impl KafkaSink {
                 .map_err(|_| {
                     Error::unavailable(format!("creating topic {topic} timed out: brokers unreachable?"))
                 })?
-                .map_err(|e| Error::unavailable(format!("cannot create topic {topic}")).with_source(e))?;
+                .map_err(|e| {
+                    self.context
+                        .explain(Error::unavailable(format!("cannot create topic {topic}")).with_source(e))
+                })?;
             match result.into_iter().next() {
                 Some(Ok(_)) | Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) | None => {}
                 Some(Err((
@@ -233,10 +267,23 @@ impl KafkaSink {
                         ),
                     ));
                 }
-                Some(Err((_, code))) => {
+                // Settings the cluster rejects: retrying will not help.
+                Some(Err((
+                    _,
+                    code @ (RDKafkaErrorCode::InvalidReplicationFactor
+                    | RDKafkaErrorCode::InvalidPartitions
+                    | RDKafkaErrorCode::InvalidReplicaAssignment
+                    | RDKafkaErrorCode::InvalidConfig
+                    | RDKafkaErrorCode::InvalidTopic
+                    | RDKafkaErrorCode::PolicyViolation),
+                ))) => {
                     return Err(Error::config(format!(
                         "cannot create topic {topic}: {code} (check {TOPIC_PARTITIONS} / {TOPIC_REPLICATION})"
                     )));
+                }
+                // Timeouts, throttling, a controller moving: retried from the stored offset.
+                Some(Err((_, code))) => {
+                    return Err(Error::unavailable(format!("cannot create topic {topic} now: {code}")));
                 }
             }
             tracing::info!(topic, "created topic");
@@ -265,12 +312,19 @@ fn describe(topic: &str, key: Option<&[u8]>, size: usize) -> String {
 /// is retried from the stored offset with a fresh producer.
 fn delivery_error(e: KafkaError, what: String) -> Error {
     match e.rdkafka_error_code() {
-        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidRecord) => Error::new(
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => Error::new(
             Kind::Encode,
             format!("record too large for Kafka ({what}): raise the broker/topic max.message.bytes and --kafka-option message.max.bytes"),
         )
         .with_source(e),
-        Some(RDKafkaErrorCode::TopicAuthorizationFailed) => Error::new(Kind::Auth, format!("not allowed to write ({what})")).with_source(e),
+        Some(RDKafkaErrorCode::InvalidRecord) => Error::new(
+            Kind::Encode,
+            format!("the broker rejected the record as invalid ({what}), e.g. a null key (table without primary key) on a compacted topic"),
+        )
+        .with_source(e),
+        Some(RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::ClusterAuthorizationFailed) => {
+            Error::new(Kind::Auth, format!("not allowed to write ({what}): grant WRITE on the topic (and IDEMPOTENT_WRITE on older brokers)")).with_source(e)
+        }
         _ => Error::unavailable(format!("Kafka delivery failed ({what})")).with_source(e),
     }
 }
@@ -284,7 +338,18 @@ impl Sink for KafkaSink {
             if !self.known.contains(&*r.topic) {
                 self.ensure_topic(&r.topic).await?;
             }
-            let mut waited = 0u32;
+            if r.size() > self.queue_bytes {
+                return Err(Error::new(
+                    Kind::Encode,
+                    format!(
+                        "record larger than the producer queue ({}; queue.buffering.max.kbytes={})",
+                        describe(&r.topic, r.key.as_deref(), r.size()),
+                        self.queue_bytes / 1024
+                    ),
+                ));
+            }
+            let full_since = tokio::time::Instant::now();
+            let mut warned = Duration::ZERO;
             loop {
                 let mut record = BaseRecord::<[u8], [u8], _>::with_opaque_to(&r.topic, reports.clone());
                 if let Some(k) = &r.key {
@@ -297,17 +362,22 @@ impl Sink for KafkaSink {
                     Ok(()) => break,
                     // The local queue is full: that is backpressure, wait for deliveries.
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                        waited += 1;
-                        if waited.is_multiple_of(2000) {
-                            tracing::warn!(
-                                queued_kib = QUEUE_MAX_KBYTES,
-                                "producer queue full for 10 s: waiting for the brokers"
+                        let waited = full_since.elapsed();
+                        if self.report_limit.is_some_and(|limit| waited > limit) {
+                            let e = format!(
+                                "producer queue still full after {waited:?}: brokers not taking records"
                             );
+                            return Err(self.context.explain(Error::unavailable(e)));
+                        }
+                        if waited >= warned + Duration::from_secs(10) {
+                            warned = waited;
+                            tracing::warn!(waited = ?waited, "producer queue full: waiting for the brokers");
                         }
                         tokio::time::sleep(Duration::from_millis(5)).await
                     }
                     Err((e, _)) => {
-                        return Err(delivery_error(e, describe(&r.topic, r.key.as_deref(), r.size())));
+                        let e = delivery_error(e, describe(&r.topic, r.key.as_deref(), r.size()));
+                        return Err(self.context.explain(e));
                     }
                 }
             }
@@ -317,23 +387,31 @@ impl Sink for KafkaSink {
         let (limit, context) = (self.report_limit, self.context.clone());
         Ok(Box::pin(async move {
             // librdkafka reports every record within `message.timeout.ms`; waiting longer means
-            // the producer is wedged, and a fresh one (the run restarts) is the way out.
-            let deadline = tokio::time::Instant::now() + limit;
+            // the producer is wedged, and a fresh one (the run restarts) is the way out. The
+            // callback's `notify_one` leaves a permit when nobody waits yet, so checking the
+            // count and then awaiting cannot miss the last report.
+            let start = tokio::time::Instant::now();
             loop {
                 let done = reports.done.notified();
                 let pending = reports.pending.load(Ordering::Acquire);
                 if pending == 0 {
                     break;
                 }
-                if tokio::time::timeout_at(deadline, done).await.is_err() {
+                let Some(limit) = limit else {
+                    done.await;
+                    continue;
+                };
+                if tokio::time::timeout_at(start + limit, done).await.is_err() {
                     let e = format!("no delivery report within {limit:?} for {pending} of {total} records");
                     return Err(context.explain(Error::unavailable(e)));
                 }
             }
             match reports.failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                Some(e) if e.is_transient() => Err(context.explain(e)),
-                Some(e) => Err(e),
-                None => Ok(()),
+                Some(e) => Err(context.explain(e)),
+                None => {
+                    context.succeeded();
+                    Ok(())
+                }
             }
         }))
     }
