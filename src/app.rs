@@ -88,6 +88,9 @@ pub async fn run(config: &Config, shutdown: Shutdown, retry_budget: Duration) ->
                 () = stopped(shutdown.clone()) => return Ok(Stopped::Shutdown),
             };
             let (mut source, mut sink) = (source, build_sink(config)?);
+            // Reach the destination now: refused credentials stop the run (77) even before
+            // there is a change to deliver.
+            sink.check().await?;
             let mut encoder = Encoder::new(&config.name, &config.topic_prefix, sink.wants_tombstones());
             // Once streaming, only the pipeline watches the signal, so it can drain first.
             let stop = stopped(shutdown.clone());
@@ -176,7 +179,9 @@ pub async fn check(config: &Config) -> Result<i32> {
         Ok(detail) => println!("ok    {:<26} {detail}", "sink"),
         Err(e) => {
             println!("FAIL  {:<26} {e}", "sink");
-            code = if code == 0 || e.kind() == Kind::Auth { e.kind().exit_code() } else { code };
+            // check exits 77 or 78 (CONTRACT §2): unreachable brokers are a setting to fix.
+            let kind = if e.kind() == Kind::Auth { Kind::Auth } else { Kind::Config };
+            code = if code == 0 || kind == Kind::Auth { kind.exit_code() } else { code };
         }
     }
     Ok(code)

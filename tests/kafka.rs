@@ -269,6 +269,19 @@ fn all_present(got: &HashMap<String, Vec<Rec>>, topic: &str, want: &[(i64, i64)]
     want.iter().all(|c| seen.contains(c))
 }
 
+/// A restart may repeat changes, but the last record of each key must be its newest change
+/// (what a compacted topic keeps): a stale copy appended late would break that.
+fn assert_last_is_newest(seen: &[(i64, i64)]) {
+    let (mut last, mut newest) = (HashMap::new(), HashMap::new());
+    for &(id, v) in seen {
+        last.insert(id, v);
+        let n = newest.entry(id).or_insert(v);
+        *n = (*n).max(v);
+    }
+    let stale: Vec<_> = last.iter().filter(|(id, v)| newest[*id] != **v).take(5).collect();
+    assert!(stale.is_empty(), "keys whose last record is not their newest change: {stale:?}");
+}
+
 fn changes(recs: &[Rec]) -> Vec<(i64, i64)> {
     recs.iter()
         .filter_map(|r| r.value.as_ref())
@@ -301,6 +314,7 @@ async fn broker_killed_for_20_seconds_loses_and_reorders_nothing() {
     assert!(lost.is_empty(), "{} changes lost, first {:?}", lost.len(), &lost[..lost.len().min(5)]);
     // Per key, v never goes back (0 then 1). A restart may resend a suffix already delivered
     // (the allowed duplicates after the stored offset): order is judged on first deliveries.
+    assert_last_is_newest(&seen);
     let mut first = std::collections::HashSet::new();
     let seen: Vec<&(i64, i64)> = seen.iter().filter(|c| first.insert(**c)).collect();
     let mut last_v: HashMap<i64, i64> = HashMap::new();
@@ -415,26 +429,25 @@ async fn a_topic_the_broker_cannot_create_exits_78_naming_it() {
     assert!(err.contains(&format!("cannot create topic {topic}")) && err.contains("replication"), "{err}");
 }
 
+/// `cdc <command>` against MariaDB and a port where no broker listens, plus `extra` flags.
+fn no_broker(command: &str, extra: &[&str]) -> (i32, String, String) {
+    let url = mysql_url();
+    let base = [command, "--source", "mysql", "--source-url", &url, "--sink", "kafka"];
+    run(&[&base[..], &["--kafka-brokers", "127.0.0.1:1"], extra].concat(), &[])
+}
+
+#[tokio::test]
+async fn check_reports_unreachable_brokers_with_78() {
+    let _s = SERVER.read().await;
+    let (code, out, err) = no_broker("check", &[]);
+    assert_eq!(code, 78, "{out}{err}");
+    assert!(out.contains("FAIL  sink") && out.contains("brokers unreachable"), "{out}");
+}
+
 #[tokio::test]
 async fn unsafe_producer_settings_are_refused() {
-    let url = mysql_url();
     for opt in ["acks=1", "enable.idempotence=false"] {
-        let (code, _, err) = run(
-            &[
-                "run",
-                "--source",
-                "mysql",
-                "--source-url",
-                &url,
-                "--sink",
-                "kafka",
-                "--kafka-brokers",
-                "127.0.0.1:1",
-                "--kafka-option",
-                opt,
-            ],
-            &[],
-        );
+        let (code, _, err) = no_broker("run", &["--kafka-option", opt]);
         assert_eq!(code, 78, "{opt}: {err}");
         assert!(err.contains(opt) && err.contains("cdc.unsafe.delivery"), "{err}");
     }
@@ -574,8 +587,10 @@ async fn stalled_broker_cannot_grow_memory_without_bound() {
         *done = all.len();
         set.len() >= 300_000
     });
-    let set: std::collections::HashSet<_> = changes(&got[&topic]).into_iter().collect();
+    let seen = changes(&got[&topic]);
+    let set: std::collections::HashSet<_> = seen.iter().collect();
     assert_eq!(set.len(), 300_000, "changes missing after the stall");
+    assert_last_is_newest(&seen);
     eprintln!("stall: peak RSS {} MiB; all delivered {:?} after resume", peak / 1024, resumed.elapsed());
     let log = cdc.stderr();
     assert!(cdc.stop().success(), "{log}");
