@@ -348,7 +348,8 @@ impl Sink for KafkaSink {
                     ),
                 ));
             }
-            let full_since = tokio::time::Instant::now();
+            // Set at the first QueueFull only: no clock read per record on the hot path.
+            let mut full_since = None;
             let mut warned = Duration::ZERO;
             loop {
                 let mut record = BaseRecord::<[u8], [u8], _>::with_opaque_to(&r.topic, reports.clone());
@@ -362,7 +363,7 @@ impl Sink for KafkaSink {
                     Ok(()) => break,
                     // The local queue is full: that is backpressure, wait for deliveries.
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                        let waited = full_since.elapsed();
+                        let waited = full_since.get_or_insert_with(tokio::time::Instant::now).elapsed();
                         if self.report_limit.is_some_and(|limit| waited > limit) {
                             let e = format!(
                                 "producer queue still full after {waited:?}: brokers not taking records"

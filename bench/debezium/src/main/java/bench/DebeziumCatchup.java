@@ -261,7 +261,7 @@ public final class DebeziumCatchup {
     }
 
     /** The producer of Kafka mode: our sink's delivery settings, the Java client's defaults otherwise. */
-    private static KafkaProducer<String, String> producer(Map<String, String> a) {
+    static KafkaProducer<String, String> producer(Map<String, String> a) {
         Properties pp = new Properties();
         pp.setProperty(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, req(a, "brokers"));
         pp.setProperty(ProducerConfig.ACKS_CONFIG, "all");

@@ -12,13 +12,11 @@ import org.apache.kafka.clients.consumer.ConsumerConfig;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
 import org.apache.kafka.clients.producer.KafkaProducer;
-import org.apache.kafka.clients.producer.ProducerConfig;
 import org.apache.kafka.clients.producer.ProducerRecord;
 import org.apache.kafka.common.TopicPartition;
 import org.apache.kafka.common.TopicPartitionInfo;
 import org.apache.kafka.common.record.TimestampType;
 import org.apache.kafka.common.serialization.ByteArrayDeserializer;
-import org.apache.kafka.common.serialization.StringSerializer;
 
 import java.sql.Connection;
 import java.sql.DriverManager;
@@ -351,15 +349,11 @@ public final class KafkaTool {
     private static void warm(Map<String, String> a) throws Exception {
         long n = Long.parseLong(a.getOrDefault("records", "500000"));
         String topic = req(a, "topic");
-        Properties pp = new Properties();
-        pp.setProperty(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, req(a, "brokers"));
-        pp.setProperty(ProducerConfig.ACKS_CONFIG, "all");
-        pp.setProperty(ProducerConfig.ENABLE_IDEMPOTENCE_CONFIG, "true");
-        pp.setProperty(ProducerConfig.COMPRESSION_TYPE_CONFIG, "lz4");
-        pp.setProperty(ProducerConfig.LINGER_MS_CONFIG, "5");
-        pp.setProperty(ProducerConfig.BATCH_SIZE_CONFIG, "262144");
+        // The benchmark's producer settings, with bigger batches: this only needs to be fast.
+        Map<String, String> settings = new java.util.HashMap<>(a);
+        settings.putIfAbsent("producer.batch.size", "262144");
         long t0 = System.nanoTime();
-        try (KafkaProducer<String, String> p = new KafkaProducer<>(pp, new StringSerializer(), new StringSerializer())) {
+        try (KafkaProducer<String, String> p = DebeziumCatchup.producer(settings)) {
             StringBuilder sb = new StringBuilder();
             for (long i = 1; i <= n; i++) {
                 sb.setLength(0);
