@@ -97,7 +97,9 @@ pub async fn run(config: &Config, shutdown: Shutdown, retry_budget: Duration) ->
             pipeline::run(&mut source, &mut sink, &mut store, &mut encoder, &Settings::default(), stop).await
         };
         let result = attempt.await;
-        crate::metrics::UP.store(0, std::sync::atomic::Ordering::Relaxed);
+        // An attempt that reached streaming made progress even if nothing was stored (an idle
+        // database behind a proxy that drops connections must not run out the budget).
+        let streamed = crate::metrics::UP.swap(0, std::sync::atomic::Ordering::Relaxed) == 1;
         let err = match result {
             Ok(Stopped::Shutdown) => {
                 tracing::info!(position = ?store.load()?.map(|p| p.to_string()), "stopped");
@@ -116,7 +118,7 @@ pub async fn run(config: &Config, shutdown: Shutdown, retry_budget: Duration) ->
             Err(e) if e.is_transient() => e,
             Err(e) => return Err(e),
         };
-        if store.load()? != before {
+        if streamed || store.load()? != before {
             failing_since = None;
             backoff = INITIAL_BACKOFF;
         }
@@ -153,9 +155,23 @@ pub async fn check(config: &Config) -> Result<i32> {
         Some(crate::position::Position::Mysql(p)) => Some(p),
         _ => None,
     };
-    let checks = match config.source {
-        SourceKind::Mysql => preflight::checks(config, &mysql::opts(config)?, resume.as_ref()).await?,
+    let opts = match config.source {
+        SourceKind::Mysql => mysql::opts(config)?,
         SourceKind::Postgres => return Err(unsupported("the postgres source")),
+    };
+    let checks = match preflight::checks(config, &opts, resume.as_ref()).await {
+        Ok(checks) => checks,
+        // The checks could not run: one FAIL line, and check's own exit codes (CONTRACT §2):
+        // 77 for refused credentials, 78 for anything else (an unreachable server is a
+        // setting to fix).
+        Err(e) => {
+            let kind = if e.kind() == Kind::Auth { Kind::Auth } else { Kind::Config };
+            vec![preflight::Check {
+                name: "connect".into(),
+                status: preflight::Status::Fail(kind),
+                detail: crate::error::report(&e).replace('\n', " "),
+            }]
+        }
     };
     let mut code = 0;
     for c in &checks {
@@ -163,8 +179,9 @@ pub async fn check(config: &Config) -> Result<i32> {
             preflight::Status::Ok => "ok  ",
             preflight::Status::Warn => "warn",
             // A privilege problem (77) outranks a setting problem (78): fix access first.
+            // check exits only 0, 77 or 78 (CONTRACT §2): a lost position is a state to fix.
             preflight::Status::Fail(kind) if kind == Kind::Auth || code == 0 => {
-                code = kind.exit_code();
+                code = if kind == Kind::Auth { 77 } else { 78 };
                 "FAIL"
             }
             preflight::Status::Fail(_) => "FAIL",

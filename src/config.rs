@@ -231,6 +231,12 @@ impl TablePattern {
     pub fn matches(&self, schema: &str, table: &str) -> bool {
         glob(self.0.as_bytes(), format!("{schema}.{table}").as_bytes())
     }
+
+    /// True when some table of `schema` can match (the part before the first `.` matches).
+    pub fn matches_db(&self, schema: &str) -> bool {
+        let db_part = self.0.split_once('.').map_or(self.0.as_str(), |(d, _)| d);
+        glob(db_part.as_bytes(), schema.as_bytes())
+    }
 }
 
 fn glob(p: &[u8], s: &[u8]) -> bool {

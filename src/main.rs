@@ -82,6 +82,10 @@ fn init_logs(format: LogFormat) {
     };
 }
 
+/// Exit code of a stop by a second signal, without draining: 128 + SIGINT, as shells report
+/// a process ended by Ctrl-C. Nothing is lost; the next run resends what was in flight.
+const STOPPED_AT_ONCE: i32 = 130;
+
 fn fail(err: &Error) -> ExitCode {
     eprintln!("error: {}", report(err));
     ExitCode::from(err.kind().exit_code() as u8)
@@ -109,8 +113,14 @@ fn main() -> ExitCode {
                 let (tx, rx) = tokio::sync::watch::channel(false);
                 tokio::spawn(async move {
                     signal().await;
-                    tracing::info!("signal received: draining and storing the offset");
+                    tracing::info!("signal received: draining and storing the offset (a second signal stops at once)");
                     let _ = tx.send(true);
+                    signal().await;
+                    let stored = cdc::offsets::last_stored().unwrap_or_else(|| "the stored offset".into());
+                    tracing::warn!(
+                        "second signal: stopping at once without draining; the next run resends every change after {stored}"
+                    );
+                    std::process::exit(STOPPED_AT_ONCE);
                 });
                 cdc::app::run(&config, rx, Duration::from_secs(retry_budget)).await.map(|()| 0)
             }

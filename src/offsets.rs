@@ -21,6 +21,14 @@ pub trait OffsetStore {
     fn reset(&mut self) -> Result<()>;
 }
 
+/// The position this process last stored, as text (for a stop that cannot drain).
+static LAST_STORED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// The position this process last stored durably, if any.
+pub fn last_stored() -> Option<String> {
+    LAST_STORED.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 /// The on-disk store: `<state-dir>/offsets` (sled) plus `<state-dir>/LOCK` (our pid).
 pub struct SledStore {
     db: sled::Db,
@@ -106,6 +114,7 @@ impl OffsetStore for SledStore {
             .insert(&self.name, bytes)
             .map_err(|e| state_err("cannot write the offset store".into(), e))?;
         self.db.flush().map_err(|e| state_err("cannot flush the offset store (disk full?)".into(), e))?;
+        *LAST_STORED.lock().unwrap_or_else(|e| e.into_inner()) = Some(position.to_string());
         Ok(())
     }
 

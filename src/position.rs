@@ -35,6 +35,15 @@ pub struct BinlogPosition {
     /// GTID of the last transaction before `pos` (`0-1-15` MariaDB, `uuid:n` MySQL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gtid: Option<String>,
+    /// The server's whole GTID state at `pos`, what a resume by GTID asks for (MariaDB: one
+    /// `domain-server-seq` per domain, `0-1-15,1-2-7`). It names transactions, not bytes of
+    /// one server's files, so it stays valid on every server of the replication topology.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gtid_set: Option<String>,
+    /// Identity of the server `file`/`pos` belong to (MySQL `@@server_uuid`, MariaDB
+    /// `@@server_id`): coordinates mean nothing on another server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
     /// Set while the initial snapshot is incomplete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotProgress>,
@@ -70,7 +79,7 @@ pub struct PgPosition {
 impl BinlogPosition {
     /// Position `pos` in `file`, without GTID or snapshot.
     pub fn new(file: impl Into<String>, pos: u64) -> Self {
-        BinlogPosition { file: file.into(), pos, gtid: None, snapshot: None }
+        BinlogPosition { file: file.into(), pos, gtid: None, gtid_set: None, server: None, snapshot: None }
     }
 
     /// `(base name, numeric suffix)` of the file, when it has a numeric suffix.
@@ -81,9 +90,16 @@ impl BinlogPosition {
 }
 
 impl PartialOrd for BinlogPosition {
-    /// Binlog order; `None` when the files have different base names (not comparable).
-    /// A finished snapshot (no progress) comes after any progress at the same coordinates.
+    /// Binlog order; `None` when the files have different base names or belong to two
+    /// different servers (not comparable: after a failover the new server's coordinates are
+    /// stored whatever their numbers). A finished snapshot (no progress) comes after any
+    /// progress at the same coordinates.
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        if let (Some(a), Some(b)) = (&self.server, &other.server)
+            && a != b
+        {
+            return None;
+        }
         let (a, b) = (self.file_key()?, other.file_key()?);
         if a.0 != b.0 {
             return None;
@@ -148,6 +164,19 @@ mod tests {
         assert!(at("binlog.000002", 4) > at("binlog.000001", 99999));
         assert!(at("binlog.000002", 5) > at("binlog.000002", 4));
         assert_eq!(at("a.000001", 4).partial_cmp(&at("b.000001", 4)), None);
+    }
+
+    #[test]
+    fn coordinates_of_two_servers_do_not_compare() {
+        let on = |server: &str, pos| {
+            Position::Mysql(BinlogPosition {
+                server: Some(server.into()),
+                ..BinlogPosition::new("binlog.000009", pos)
+            })
+        };
+        assert_eq!(on("1", 900).partial_cmp(&on("2", 4)), None);
+        assert!(on("1", 900) > on("1", 4));
+        assert!(on("1", 900) > at("binlog.000009", 4), "a position without identity still orders");
     }
 
     #[test]

@@ -89,10 +89,14 @@ fn flag_beats_env_beats_file() {
     // and for a value that is validated: the env value wins over a bad file value
     let f =
         config_file("[source]\ntype = \"mysql\"\nurl = \"mysql://u:p@127.0.0.1:1\"\nsnapshot = \"bogus\"\n");
-    let (code, _, err) =
+    let (code, out, err) =
         run(&["check", "--config", f.path().to_str().unwrap()], &[("CDC_SNAPSHOT", "never")]);
     assert!(!err.contains("bogus"), "env should override the file: {err}");
-    assert_eq!(code, 69, "unreachable database after a valid config: {err}");
+    // check exits only 0, 77 or 78: a closed port is a FAIL line naming the address.
+    assert_eq!(code, 78, "unreachable database after a valid config: {out}{err}");
+    let line = out.lines().find(|l| l.starts_with("FAIL")).unwrap_or_default();
+    assert!(line.contains("connect") && line.contains("mysql://u:***@127.0.0.1:1"), "{out}");
+    assert!(!out.contains(":p@"), "no password: {out}");
 }
 
 #[test]
@@ -189,8 +193,13 @@ fn docker_compose_cdc_command_and_config_are_accepted() {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, out, err) = run(&args, &env);
-    // 69: the configuration was accepted and only the host `mysql` is unreachable here.
-    assert_eq!(code, 69, "compose's cdc command was not accepted:\n{out}\n{err}");
+    // The configuration was accepted and only the host `mysql` is unreachable here: check
+    // prints its FAIL line for the connection (exit 78), not a configuration error.
+    assert_eq!(code, 78, "compose's cdc command was not accepted:\n{out}\n{err}");
+    assert!(
+        out.lines().any(|l| l.starts_with("FAIL") && l.contains("connect") && l.contains("@mysql:3306")),
+        "{out}\n{err}"
+    );
 }
 
 #[tokio::test]

@@ -1,34 +1,46 @@
 //! The binlog reader: turns binlog events into [`SourceMessage`]s. [`Reader`] is a pure state
-//! machine (event in, messages out) so it can be tested on captured events; [`stream`] is the
-//! I/O loop around it that speaks the replica protocol.
+//! machine (event in, messages out) so it can be tested on captured events; `stream.rs` is
+//! the I/O loop around it that speaks the replica protocol.
 //!
 //! Progress tracking: a `Commit` is emitted after every transaction end (XID event, `COMMIT`
-//! query, or a DDL statement outside a transaction), carrying the binlog coordinates of the
-//! next event and the transaction's GTID. Transactions that touch no captured table still
-//! emit a `Commit`, so the stored position keeps up with the server while nothing is captured.
+//! query, `XA COMMIT`/`XA ROLLBACK`, or a DDL statement outside a transaction) and at every
+//! switch to a new binlog file, carrying the binlog coordinates of the next event, the
+//! transaction's GTID, the server's whole GTID state (MariaDB) and the server's identity.
+//! Transactions that touch no captured table still emit a `Commit`, so the stored position
+//! keeps up with the server while nothing is captured.
+//!
+//! Files: a real ROTATE (end of a file) and an artificial one (`log_pos` 0: the only notice
+//! of a new file after a server restart or crash, and the first event of every stream) set
+//! the file name; the table-map cache is cleared at each, so it cannot grow without bound.
+//!
+//! Held changes: the rows of an `XA PREPARE`d transaction are kept until its `XA COMMIT`
+//! (dropped on `XA ROLLBACK`), and while one is pending every `Commit` names the start of
+//! the oldest prepared transaction, so a restart reads it again. Rows after a `SAVEPOINT` are
+//! kept until the transaction ends, because a `ROLLBACK TO` that the server could not undo
+//! in its cache leaves the rolled-back rows in the binlog.
 
+use super::Filter;
+use super::compressed::{self, COMPRESSED};
 use super::decode::{TableInfo, decode_row, table_info};
-use super::{Filter, classify};
+use super::gtid::{self, Gtid, GtidState};
+use super::statement::{self, Control};
+use super::txn::Txn;
 use crate::error::{Error, Kind, Result};
-use crate::event::{ChangeEvent, Op, Snapshot, Source, Table, Transaction};
+use crate::event::{ChangeEvent, Op, Snapshot, Source, Table};
 use crate::position::{BinlogPosition, Position};
 use crate::source::SourceMessage;
-use futures::StreamExt;
-use mysql_async::prelude::Queryable;
-use mysql_common::binlog::consts::EventType;
 use mysql_common::binlog::events::{Event, EventData, RowsEventData};
 use mysql_common::io::ParseBuf;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
-
-/// How often the server sends a heartbeat when idle; a silent connection is declared dead
-/// after three missed heartbeats.
-pub const HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// MariaDB event types that `mysql_common` does not know.
 const MARIADB_GTID: u8 = 162;
-const MARIADB_COMPRESSED: std::ops::RangeInclusive<u8> = 165..=171;
+const MARIADB_GTID_LIST: u8 = 163;
+
+/// Most changes held in memory for one prepared XA transaction or after a savepoint.
+/// Beyond it `cdc` stops (65) instead of growing without bound.
+pub const MAX_HELD_CHANGES: usize = 200_000;
 
 /// Decoding state carried between events.
 pub struct Reader {
@@ -39,61 +51,97 @@ pub struct Reader {
     /// Last table info seen per `db.table`, for TRUNCATE events.
     by_name: HashMap<String, Arc<Table>>,
     file: Arc<str>,
-    gtid: Option<Arc<str>>,
-    in_tx: bool,
-    tx_start: u64,
-    thread: Option<u32>,
-    order: u64,
-    /// Changes per table in the open transaction (few tables: a scan beats hashing names).
-    per_table: Vec<(Arc<Table>, u64)>,
+    server: Option<String>,
+    /// A format description was seen: later artificial rotates announce new files.
+    seen_fde: bool,
+    tx: Txn,
+    /// MariaDB: the last GTID of each domain, and its text form.
+    gtids: GtidState,
+    gtid_set: Option<String>,
+    /// Inside a MySQL TRANSACTION_PAYLOAD: the payload event's (start, end), which the
+    /// inner events (with `log_pos` 0) take as theirs.
+    payload: Option<(u64, u64)>,
 }
 
 impl Reader {
-    /// A reader starting in `file`.
-    pub fn new(filter: Filter, file: &str, gtid: Option<String>) -> Self {
+    /// A reader starting at `start`, on the server named `server` (stored with every offset).
+    pub fn new(filter: Filter, start: &BinlogPosition, server: Option<String>) -> Self {
+        let gtids = start.gtid_set.as_deref().and_then(GtidState::parse).unwrap_or_default();
         Reader {
             filter,
             tables: HashMap::new(),
             by_name: HashMap::new(),
-            file: file.into(),
-            gtid: gtid.map(Into::into),
-            in_tx: false,
-            tx_start: 0,
-            thread: None,
-            order: 0,
-            per_table: Vec::new(),
+            file: start.file.as_str().into(),
+            server,
+            seen_fde: false,
+            tx: Txn::new(start.gtid.clone()),
+            gtid_set: (!gtids.is_empty()).then(|| gtids.to_string()),
+            gtids,
+            payload: None,
         }
+    }
+
+    /// The file the reader is in.
+    pub fn file(&self) -> &str {
+        &self.file
     }
 
     /// Handles one event, appending what it produces to `out`.
     pub fn on_event(&mut self, ev: &Event, out: &mut Vec<SourceMessage>) -> Result<()> {
         let header = ev.header();
         let raw_type = header.event_type_raw();
-        let end = header.log_pos() as u64;
-        let start = end.saturating_sub(header.event_size() as u64);
+        let (start, end) = match (header.log_pos(), self.payload) {
+            (0, Some(inside)) => inside,
+            (log_pos, _) => {
+                self.payload = None;
+                (u64::from(log_pos).saturating_sub(header.event_size() as u64), log_pos as u64)
+            }
+        };
         if raw_type == MARIADB_GTID {
-            self.on_mariadb_gtid(ev.data(), header.server_id(), start);
+            return self.on_mariadb_gtid(ev.data(), header.server_id(), header.timestamp(), start);
+        }
+        if raw_type == MARIADB_GTID_LIST {
+            self.on_gtid_list(ev.data());
             return Ok(());
         }
-        if MARIADB_COMPRESSED.contains(&raw_type) {
-            return Err(Error::config(
-                "the server writes compressed binlog events: set log_bin_compress=OFF (cdc reads uncompressed events only)",
-            ));
+        if COMPRESSED.contains(&raw_type) {
+            let plain = compressed::decompress(ev).map_err(|why| {
+                self.malformed(start, format!("cannot decompress a MariaDB compressed event: {why}"))
+            })?;
+            return self.on_event(&plain, out);
         }
-        let data = ev.read_data().map_err(|e| {
-            Error::new(Kind::Encode, format!("malformed binlog event at {}:{start}", self.file))
-                .with_source(e)
-        })?;
+        let data =
+            ev.read_data().map_err(|e| self.malformed(start, "malformed binlog event").with_source(e))?;
         let Some(data) = data else { return Ok(()) };
         let ts_ms = header.timestamp() as i64 * 1000;
         match data {
-            // The artificial rotate that opens a stream (log_pos 0) names the file we asked
-            // for, and arrives before the checksum setting is known: its name is unreliable.
-            EventData::RotateEvent(_) if header.log_pos() == 0 => {}
-            EventData::RotateEvent(r) => self.file = r.name().into_owned().into(),
+            EventData::FormatDescriptionEvent(_) => self.seen_fde = true,
+            EventData::RotateEvent(r) => {
+                // The artificial rotate that opens a stream names the file we asked for (or,
+                // by GTID, the file the server starts in); later ones announce a new file.
+                let opening = header.log_pos() == 0 && !self.seen_fde;
+                self.file = r.name().into_owned().into();
+                self.tables.clear();
+                if !opening && !self.tx.in_tx {
+                    out.push(self.tx.capped(self.commit_at(r.position())));
+                }
+            }
+            EventData::TransactionPayloadEvent(p) => {
+                // mysql_async yields the inner events next; a payload it cannot read would
+                // silently lose them, so check it here.
+                p.decompressed().map_err(|e| {
+                    self.malformed(start, "unreadable compressed transaction payload").with_source(e)
+                })?;
+                self.payload = Some((start, end));
+            }
             EventData::GtidEvent(g) => {
-                self.begin(start);
-                self.gtid = Some(format!("{}:{}", uuid(&g.sid()), g.gno()).into());
+                let gtid = format!("{}:{}", uuid(&g.sid()), g.gno());
+                // MySQL 8 stamps the commit time (µs) on the GTID event, before the rows.
+                let commit_ms = match g.immediate_commit_timestamp() {
+                    0 => ts_ms,
+                    us => (us / 1000) as i64,
+                };
+                self.tx.begin(start, Some(gtid.into()), Some(commit_ms));
             }
             EventData::TableMapEvent(tme) => {
                 let id = tme.table_id();
@@ -107,21 +155,50 @@ impl Reader {
                 }
             }
             EventData::RowsEvent(rows) => self.on_rows(&rows, start, header.server_id(), ts_ms, out)?,
-            EventData::XidEvent(_) => self.commit(end, out),
+            EventData::XidEvent(_) => self.end_tx(end, out),
+            EventData::XaPrepareLogEvent(body) => {
+                // one_phase (first byte): XA COMMIT ... ONE PHASE, the body is committed now
+                if body.first() == Some(&0) {
+                    self.tx.prepare();
+                }
+                self.end_tx(end, out);
+            }
             EventData::QueryEvent(q) => {
                 let sql = q.query();
-                let verb = first_word(&sql);
-                match verb.as_str() {
-                    "BEGIN" | "XA" => {
-                        self.begin(start);
-                        self.in_tx = true;
-                        self.thread = Some(q.thread_id());
+                match statement::control(&sql) {
+                    Control::Begin => self.tx.open(start, q.thread_id()),
+                    Control::Commit | Control::Rollback => self.end_tx(end, out),
+                    Control::Savepoint => self.tx.savepoint(&sql),
+                    Control::XaStart(xid) => {
+                        // MySQL: the body follows its GTID event, where a re-read must begin
+                        let at = self.commit_at(self.tx.start());
+                        self.tx.open(start, q.thread_id());
+                        self.tx.xa_start(xid, at);
                     }
-                    "COMMIT" | "ROLLBACK" => self.commit(end, out),
-                    _ => {
-                        self.on_statement(&sql, &q.schema(), header.server_id(), ts_ms, start, out)?;
-                        if !self.in_tx {
-                            self.commit(end, out);
+                    Control::XaEnd => {}
+                    Control::XaCommit { xid, .. } => {
+                        if !self.tx.xa_commit(&xid, out) {
+                            return Err(Error::new(
+                                Kind::Encode,
+                                format!(
+                                    "XA COMMIT {xid} at {}:{start} commits a transaction prepared before the position cdc \
+                                     started from, so its rows were never read: run `cdc offsets reset --yes` and start \
+                                     again to take a new snapshot that contains them",
+                                    self.file
+                                ),
+                            ));
+                        }
+                        self.end_tx(end, out);
+                    }
+                    Control::XaRollback(xid) => {
+                        self.tx.xa_rollback(&xid);
+                        self.end_tx(end, out);
+                    }
+                    Control::Other => {
+                        let vars = q.status_vars_raw();
+                        self.on_statement(&sql, &q.schema(), vars, header.server_id(), ts_ms, start, out)?;
+                        if !self.tx.in_tx {
+                            self.end_tx(end, out);
                         }
                     }
                 }
@@ -131,54 +208,65 @@ impl Reader {
         Ok(())
     }
 
-    fn begin(&mut self, start: u64) {
-        self.tx_start = start;
-        self.order = 0;
-        self.per_table.clear();
+    fn malformed(&self, start: u64, what: impl std::fmt::Display) -> Error {
+        Error::new(Kind::Encode, format!("{what} at {}:{start}", self.file))
     }
 
-    fn on_mariadb_gtid(&mut self, body: &[u8], server_id: u32, start: u64) {
-        if body.len() >= 13 {
-            let seq = u64::from_le_bytes(body[0..8].try_into().unwrap_or_default());
-            let domain = u32::from_le_bytes(body[8..12].try_into().unwrap_or_default());
-            self.begin(start);
-            self.gtid = Some(format!("{domain}-{server_id}-{seq}").into());
-            // FL_STANDALONE (1): no BEGIN follows; the next statement is the transaction.
-            self.in_tx = body[12] & 1 == 0;
+    fn too_many(&self, start: u64, why: String) -> Error {
+        Error::new(Kind::Encode, format!("{why} (at {}:{start})", self.file))
+    }
+
+    fn on_mariadb_gtid(&mut self, body: &[u8], server: u32, ts: u32, start: u64) -> Result<()> {
+        let Some(ev) = gtid::gtid_event(body, server) else {
+            return Err(self.malformed(start, "malformed MariaDB GTID event"));
+        };
+        // Where a restart must begin to read this group again: before its GTID.
+        let before = ev.prepared_xa.is_some().then(|| self.commit_at(start));
+        // MariaDB writes the GTID event at commit, with the commit time (rows carry each
+        // statement's start time).
+        self.tx.begin(start, Some(ev.gtid.to_string().into()), Some(ts as i64 * 1000));
+        self.record(ev.gtid);
+        self.tx.in_tx = !ev.standalone;
+        if let (Some(xid), Some(at)) = (ev.prepared_xa, before) {
+            self.tx.xa_start(xid, at);
+        }
+        Ok(())
+    }
+
+    /// GTID_LIST: the state at the start of a file, or where a GTID-requested stream starts.
+    fn on_gtid_list(&mut self, body: &[u8]) {
+        if !self.gtids.is_empty() || body.len() < 4 {
+            return;
+        }
+        let count = u32::from_le_bytes([body[0], body[1], body[2], body[3]]) & 0x0fff_ffff;
+        for e in body[4..].chunks_exact(16).take(count as usize) {
+            let n = |r: std::ops::Range<usize>| e[r].iter().rev().fold(0u64, |a, &b| (a << 8) | b as u64);
+            self.record(Gtid { domain: n(0..4) as u32, server: n(4..8) as u32, seq: n(8..16) });
         }
     }
 
-    fn commit(&mut self, end: u64, out: &mut Vec<SourceMessage>) {
-        self.in_tx = false;
-        self.thread = None;
-        let pos = BinlogPosition {
-            file: self.file.to_string(),
-            pos: end,
-            gtid: self.gtid.as_deref().map(String::from),
-            snapshot: None,
-        };
-        out.push(SourceMessage::Commit(Position::Mysql(pos)));
+    fn record(&mut self, gtid: Gtid) {
+        self.gtids.record(gtid);
+        self.gtid_set = Some(self.gtids.to_string());
     }
 
-    fn transaction(&mut self, table: &Arc<Table>) -> Transaction {
-        self.order += 1;
-        let i =
-            match self.per_table.iter().position(|(t, _)| {
-                Arc::ptr_eq(t, table) || (t.schema == table.schema && t.name == table.name)
-            }) {
-                Some(i) => i,
-                None => {
-                    self.per_table.push((table.clone(), 0));
-                    self.per_table.len() - 1
-                }
-            };
-        self.per_table[i].1 += 1;
-        let per_table = &self.per_table[i].1;
-        let id = match &self.gtid {
-            Some(g) => g.clone(),
-            None => format!("{}:{}", self.file, self.tx_start).into(),
-        };
-        Transaction { id, total_order: self.order, data_collection_order: *per_table }
+    /// A `Commit` at `pos` of the current file with the current GTID state.
+    fn commit_at(&self, pos: u64) -> SourceMessage {
+        SourceMessage::Commit(Position::Mysql(BinlogPosition {
+            file: self.file.to_string(),
+            pos,
+            gtid: self.tx.gtid.as_deref().map(String::from),
+            gtid_set: self.gtid_set.clone(),
+            server: self.server.clone(),
+            snapshot: None,
+        }))
+    }
+
+    /// The transaction ends at `end`: its held changes go out, then the commit (or, while an
+    /// XA transaction is prepared, the position of the oldest one).
+    fn end_tx(&mut self, end: u64, out: &mut Vec<SourceMessage>) {
+        let here = self.commit_at(end);
+        self.tx.end(here, out);
     }
 
     fn on_rows(
@@ -190,10 +278,7 @@ impl Reader {
         out: &mut Vec<SourceMessage>,
     ) -> Result<()> {
         let Some((_, info)) = self.tables.get(&rows.table_id()) else {
-            return Err(Error::new(
-                Kind::Encode,
-                format!("rows event at {}:{start} without its table map", self.file),
-            ));
+            return Err(self.malformed(start, "rows event without its table map"));
         };
         let Some(info) = info.clone() else {
             return Ok(());
@@ -209,18 +294,24 @@ impl Reader {
             rows.columns_before_image().map(|b| b.iter().by_vals().take(n).collect::<Vec<bool>>());
         let after_cols =
             rows.columns_after_image().map(|b| b.iter().by_vals().take(n).collect::<Vec<bool>>());
+        for image in [&before_cols, &after_cols].into_iter().flatten() {
+            if image.len() < n || image.contains(&false) {
+                return Err(self.partial_image(&info, image, start));
+            }
+        }
         let op = match (&before_cols, &after_cols) {
             (Some(_), Some(_)) => Op::Update,
             (None, Some(_)) => Op::Create,
             _ => Op::Delete,
         };
+        let ts_ms = self.tx.commit_ms.unwrap_or(ts_ms);
         let mut buf = ParseBuf(rows.rows_data());
         let mut row = 0u32;
         while !buf.is_empty() {
             let before = before_cols.as_deref().map(|p| decode_row(&info, p, &mut buf)).transpose()?;
             let after = after_cols.as_deref().map(|p| decode_row(&info, p, &mut buf)).transpose()?;
-            let transaction = Some(self.transaction(&info.table));
-            out.push(SourceMessage::Change(ChangeEvent {
+            let transaction = Some(self.tx.next_order(&info.table, &self.file));
+            let ev = ChangeEvent {
                 table: info.table.clone(),
                 op,
                 before,
@@ -229,71 +320,112 @@ impl Reader {
                 snapshot: Snapshot::No,
                 source: Source::Mysql {
                     server_id,
-                    gtid: self.gtid.clone(),
+                    gtid: self.tx.gtid.clone(),
                     file: self.file.clone(),
                     pos: start,
                     row,
-                    thread: self.thread,
+                    thread: self.tx.thread,
                 },
                 transaction,
-            }));
+            };
+            self.tx.push(ev, out).map_err(|why| self.too_many(start, why))?;
             row += 1;
         }
         Ok(())
     }
 
+    fn partial_image(&self, info: &TableInfo, image: &[bool], start: u64) -> Error {
+        let missing: Vec<&str> = (0..info.columns.len())
+            .filter(|&i| !image.get(i).copied().unwrap_or(false))
+            .map(|i| info.table.columns[i].as_str())
+            .collect();
+        Error::new(
+            Kind::Encode,
+            format!(
+                "the rows event for {} at {}:{start} has a partial row image (missing {}): a session wrote it with \
+                 binlog_row_image=MINIMAL or NOBLOB, and cdc will not publish the missing values as null. Set \
+                 binlog_row_image=FULL globally and in every session (SET SESSION can change it), then re-snapshot \
+                 the table",
+                info.table.qualified(),
+                self.file,
+                missing.join(", ")
+            ),
+        )
+    }
+
     /// A statement outside row events: TRUNCATE becomes an `op: "t"` event; DML logged as a
-    /// statement for a captured table stops the run (its rows are not in the binlog).
+    /// statement that may have changed a captured table stops the run (its rows are not in
+    /// the binlog).
+    #[allow(clippy::too_many_arguments)]
     fn on_statement(
         &mut self,
         sql: &str,
         default_db: &str,
+        status_vars: &[u8],
         server_id: u32,
         ts_ms: i64,
         start: u64,
         out: &mut Vec<SourceMessage>,
     ) -> Result<()> {
-        let Some((verb, db, table)) = statement_target(sql, default_db) else {
+        let verb = statement::first_word(sql);
+        if statement::is_dml(&verb) {
+            if let Some(target) = self.statement_capture(sql, default_db, status_vars) {
+                return Err(Error::new(
+                    Kind::Encode,
+                    format!(
+                        "{verb} on {target} was logged as a statement at {}:{start}, so its rows are not in the binlog: \
+                         set binlog_format=ROW globally and in every session (SET SESSION binlog_format is allowed to change it)",
+                        self.file
+                    ),
+                ));
+            }
+            return Ok(());
+        }
+        let Some((_, db, name)) = statement::statement_target(sql, default_db).filter(|t| t.0 == "TRUNCATE")
+        else {
             return Ok(());
         };
-        if !self.filter.captures(&db, &table) {
+        if !self.filter.captures(&db, &name) {
             return Ok(());
         }
-        if verb != "TRUNCATE" {
-            return Err(Error::new(
-                Kind::Encode,
-                format!(
-                    "{verb} on {db}.{table} was logged as a statement at {}:{start}, so its rows are not in the binlog: \
-                     set binlog_format=ROW globally and in every session (SET SESSION binlog_format is allowed to change it)",
-                    self.file
-                ),
-            ));
-        }
-        let name = format!("{db}.{table}");
+        let qualified = format!("{db}.{name}");
         let table = self
             .by_name
-            .get(&name)
+            .get(&qualified)
             .cloned()
-            .unwrap_or_else(|| Arc::new(Table { schema: db, name: table, columns: vec![], key: vec![] }));
-        let transaction = Some(self.transaction(&table));
-        out.push(SourceMessage::Change(ChangeEvent {
+            .unwrap_or_else(|| Arc::new(Table { schema: db, name, columns: vec![], key: vec![] }));
+        let transaction = Some(self.tx.next_order(&table, &self.file));
+        let ev = ChangeEvent {
             table,
             op: Op::Truncate,
             before: None,
             after: None,
-            ts_ms,
+            ts_ms: self.tx.commit_ms.unwrap_or(ts_ms),
             snapshot: Snapshot::No,
             source: Source::Mysql {
                 server_id,
-                gtid: self.gtid.clone(),
+                gtid: self.tx.gtid.clone(),
                 file: self.file.clone(),
                 pos: start,
                 row: 0,
-                thread: self.thread,
+                thread: self.tx.thread,
             },
             transaction,
-        }));
-        Ok(())
+        };
+        self.tx.push(ev, out).map_err(|why| self.too_many(start, why))
+    }
+
+    /// What captured table (or database) a statement-logged DML may have changed, if any.
+    /// A single-table statement names its table; otherwise the server's list of updated
+    /// databases (MySQL) decides, or, without one (MariaDB), every database the statement
+    /// could name: its default database and each `db.` qualifier.
+    fn statement_capture(&self, sql: &str, default_db: &str, status_vars: &[u8]) -> Option<String> {
+        if let Some((db, table)) = statement::single_target(sql, default_db) {
+            return self.filter.captures_ignore_case(&db, &table).then(|| format!("{db}.{table}"));
+        }
+        let dbs =
+            statement::updated_dbs(status_vars).unwrap_or_else(|| statement::named_dbs(sql, default_db));
+        dbs.into_iter().find(|db| self.filter.captures_db(db)).map(|db| format!("a table of {db}"))
     }
 }
 
@@ -302,132 +434,5 @@ fn uuid(b: &[u8; 16]) -> String {
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
-/// The first SQL keyword, upper-cased, after comments and whitespace.
-fn first_word(sql: &str) -> String {
-    words(sql).next().unwrap_or_default().to_ascii_uppercase()
-}
-
-/// SQL words, skipping `/* */` and `--`/`#` comments; identifiers keep their quotes.
-fn words(sql: &str) -> impl Iterator<Item = &str> {
-    let mut rest = sql;
-    std::iter::from_fn(move || {
-        loop {
-            rest = rest.trim_start();
-            if let Some(r) = rest.strip_prefix("/*") {
-                rest = r.split_once("*/").map_or("", |(_, after)| after);
-            } else if rest.starts_with("--") || rest.starts_with('#') {
-                rest = rest.split_once('\n').map_or("", |(_, after)| after);
-            } else {
-                break;
-            }
-        }
-        if rest.is_empty() {
-            return None;
-        }
-        let end = rest.find(|c: char| c.is_whitespace() || c == '(' || c == ';').unwrap_or(rest.len()).max(1);
-        let (word, after) = rest.split_at(end);
-        rest = after;
-        Some(word)
-    })
-}
-
-/// For DML and TRUNCATE statements: the verb and the target `(db, table)`.
-pub fn statement_target(sql: &str, default_db: &str) -> Option<(String, String, String)> {
-    let mut w = words(sql).map(|s| s.to_string());
-    let verb = w.next()?.to_ascii_uppercase();
-    let skip: &[&str] = match verb.as_str() {
-        "INSERT" | "REPLACE" => &["LOW_PRIORITY", "DELAYED", "HIGH_PRIORITY", "IGNORE", "INTO"],
-        "UPDATE" => &["LOW_PRIORITY", "IGNORE"],
-        "DELETE" => &["LOW_PRIORITY", "QUICK", "IGNORE", "FROM"],
-        "TRUNCATE" => &["TABLE"],
-        "LOAD" => {
-            &["DATA", "LOW_PRIORITY", "CONCURRENT", "LOCAL", "INFILE", "REPLACE", "IGNORE", "INTO", "TABLE"]
-        }
-        _ => return None,
-    };
-    let mut target = w.find(|t| !skip.contains(&t.to_ascii_uppercase().as_str()))?;
-    if verb == "LOAD" {
-        // LOAD DATA INFILE 'file' ... INTO TABLE t: the word after TABLE.
-        target = words(sql).map(str::to_string).skip_while(|t| !t.eq_ignore_ascii_case("TABLE")).nth(1)?;
-    }
-    let unquote = |s: &str| s.trim_matches('`').to_string();
-    let (db, table) = match target.split_once('.') {
-        Some((d, t)) => (unquote(d), unquote(t)),
-        None => (default_db.to_string(), unquote(&target)),
-    };
-    Some((verb, db, table.trim_end_matches(',').to_string()))
-}
-
-/// Streams the binlog from `start` into `tx` until the receiver is dropped or an error occurs.
-pub async fn stream(
-    opts: mysql_async::Opts,
-    server_id: u32,
-    filter: Filter,
-    start: BinlogPosition,
-    tx: super::Tx,
-) -> Result<()> {
-    let mut conn =
-        mysql_async::Conn::new(opts).await.map_err(|e| classify(e, "connect for the binlog stream"))?;
-    // Announce a MariaDB-aware replica, or the server hides GTID events (see
-    // shared/reference/mariadb-binlog.md); MySQL ignores the variable.
-    let setup = format!("SET @mariadb_slave_capability=4, @master_heartbeat_period={}", HEARTBEAT.as_nanos());
-    conn.query_drop(setup).await.map_err(|e| classify(e, "prepare the binlog stream"))?;
-    let request = mysql_async::BinlogStreamRequest::new(server_id)
-        .with_filename(start.file.as_bytes())
-        .with_pos(start.pos);
-    let mut events =
-        conn.get_binlog_stream(request).await.map_err(|e| classify(e, "request the binlog stream"))?;
-    tracing::info!(file = %start.file, pos = start.pos, "streaming the binlog");
-    crate::metrics::UP.store(1, std::sync::atomic::Ordering::Relaxed);
-    let mut reader = Reader::new(filter, &start.file, start.gtid.clone());
-    let mut out = Vec::with_capacity(64);
-    // The start position is stored at once, so changes made while cdc is down are found.
-    if tx.send(Ok(vec![SourceMessage::Commit(Position::Mysql(start))])).await.is_err() {
-        return Ok(());
-    }
-    loop {
-        let ev = match tokio::time::timeout(HEARTBEAT * 3, events.next()).await {
-            Err(_) => {
-                return Err(Error::unavailable(format!(
-                    "no binlog event or heartbeat for {:?}: connection lost",
-                    HEARTBEAT * 3
-                )));
-            }
-            Ok(None) => return Err(Error::unavailable("the server closed the binlog stream")),
-            Ok(Some(Err(e))) => return Err(classify(e, "read the binlog")),
-            Ok(Some(Ok(ev))) => ev,
-        };
-        if ev.header().event_type() == Ok(EventType::HEARTBEAT_EVENT) {
-            continue;
-        }
-        reader.on_event(&ev, &mut out)?;
-        if let Some(SourceMessage::Change(c)) = out.last() {
-            crate::metrics::LAST_SOURCE_TS_MS.store(c.ts_ms, std::sync::atomic::Ordering::Relaxed);
-        }
-        // One channel message per binlog event, not per row.
-        if !out.is_empty() && tx.send(Ok(std::mem::replace(&mut out, Vec::with_capacity(64)))).await.is_err()
-        {
-            return Ok(());
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statement_targets() {
-        let t = |sql: &str| statement_target(sql, "shop").map(|(v, d, t)| format!("{v} {d}.{t}"));
-        assert_eq!(t("INSERT INTO orders VALUES (1)").as_deref(), Some("INSERT shop.orders"));
-        assert_eq!(t("insert ignore into `crm`.`leads`(id) values (1)").as_deref(), Some("INSERT crm.leads"));
-        assert_eq!(t("/* c */ UPDATE LOW_PRIORITY t SET a=1").as_deref(), Some("UPDATE shop.t"));
-        assert_eq!(t("DELETE FROM x.y WHERE 1").as_deref(), Some("DELETE x.y"));
-        assert_eq!(t("TRUNCATE TABLE orders").as_deref(), Some("TRUNCATE shop.orders"));
-        assert_eq!(t("truncate orders").as_deref(), Some("TRUNCATE shop.orders"));
-        assert_eq!(t("LOAD DATA INFILE '/x' INTO TABLE a.b").as_deref(), Some("LOAD a.b"));
-        assert_eq!(t("ALTER TABLE orders ADD c INT"), None);
-        assert_eq!(t("CREATE TABLE t (id INT)"), None);
-        assert_eq!(first_word("  -- note\nbegin"), "BEGIN");
-    }
-}
+mod tests;

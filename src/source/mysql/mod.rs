@@ -3,9 +3,15 @@
 //! backpressure). MySQL keeps binlogs regardless of readers, so `ack` has nothing to release.
 
 mod binlog;
+mod compressed;
 pub mod decode;
+mod gtid;
 pub mod preflight;
+mod resume;
 mod snapshot;
+mod statement;
+mod stream;
+mod txn;
 
 use crate::config::{Config, SnapshotMode, TablePattern};
 use crate::error::{Error, Kind, Result};
@@ -13,7 +19,9 @@ use crate::position::{BinlogPosition, Position};
 use crate::source::{Source, SourceMessage};
 use tokio::sync::mpsc;
 
-pub use binlog::{HEARTBEAT, Reader, statement_target};
+pub use binlog::Reader;
+pub use statement::statement_target;
+pub use stream::HEARTBEAT;
 
 /// Batches buffered between the reader task and the pipeline (a batch is one binlog event's
 /// rows, at most ~8 KiB of row data, or up to [`snapshot::SEND_ROWS`] snapshot rows): enough
@@ -38,10 +46,28 @@ impl Filter {
 
     /// True when `db.table` is captured.
     pub fn captures(&self, db: &str, table: &str) -> bool {
-        !matches!(db, "mysql" | "information_schema" | "performance_schema" | "sys")
+        !is_system(db)
             && (self.tables.is_empty() || self.tables.iter().any(|p| p.matches(db, table)))
             && !self.exclude.iter().any(|p| p.matches(db, table))
     }
+
+    /// As [`Filter::captures`], but also true when the names match in another letter case
+    /// (a statement's text under `lower_case_table_names` need not spell them as stored).
+    pub fn captures_ignore_case(&self, db: &str, table: &str) -> bool {
+        self.captures(db, table) || self.captures(&db.to_lowercase(), &table.to_lowercase())
+    }
+
+    /// True when some table of `db` may be captured (any letter case).
+    pub fn captures_db(&self, db: &str) -> bool {
+        let lower = db.to_lowercase();
+        [db, lower.as_str()]
+            .iter()
+            .any(|d| !is_system(d) && (self.tables.is_empty() || self.tables.iter().any(|p| p.matches_db(d))))
+    }
+}
+
+fn is_system(db: &str) -> bool {
+    matches!(db, "mysql" | "information_schema" | "performance_schema" | "sys")
 }
 
 /// Connection options from the source URL (`mariadb://` accepted as `mysql://`).
@@ -59,24 +85,51 @@ pub fn opts(config: &Config) -> Result<mysql_async::Opts> {
     Ok(mysql_async::OptsBuilder::from_opts(opts).prefer_socket(false).into())
 }
 
+/// `mysql://user:***@host:port`: the endpoint an error names.
+pub fn endpoint(opts: &mysql_async::Opts) -> String {
+    let user = opts.user().map(|u| format!("{u}:***@")).unwrap_or_default();
+    format!("mysql://{user}{}:{}", opts.ip_or_hostname(), opts.tcp_port())
+}
+
+/// True for MySQL error 1236 (the server cannot send the binlog from the requested position).
+pub fn is_binlog_read_error(e: &mysql_async::Error) -> bool {
+    matches!(e, mysql_async::Error::Server(s) if s.code == 1236 && !same_replica_id(&s.message))
+}
+
+fn same_replica_id(message: &str) -> bool {
+    message.contains("same server_uuid/server_id")
+}
+
 /// Maps a driver error to what to do next: wrong credentials or missing privileges stop
-/// with 77, a purged binlog with 66, everything else is retried.
-pub fn classify(e: mysql_async::Error, doing: &str) -> Error {
+/// with 77, a duplicate replica id or a refused setting with 78, a statement this server
+/// does not accept with 70 (retrying cannot change it), everything else is retried. Error
+/// 1236 is retried here; the stream proves whether the position is really lost.
+pub fn classify(e: mysql_async::Error, opts: &mysql_async::Opts, doing: &str) -> Error {
+    let at = endpoint(opts);
     if let mysql_async::Error::Server(s) = &e {
+        let dup = "another replica with the same --server-id is reading this server's binlog: give each cdc (and \
+                   each real replica) its own --server-id";
         let (kind, hint) = match s.code {
-            1045 | 1044 => (Kind::Auth, "check the user and password in --source-url"),
+            1045 | 1044 | 1698 => (Kind::Auth, "check the user and password in --source-url"),
             1142 | 1143 | 1227 | 1370 => (Kind::Auth, "grant the privileges `cdc check` lists"),
-            1236 => (
-                Kind::PositionLost,
-                "the stored binlog position is no longer on the server (binlog purged?): run `cdc offsets reset --yes` and start again to take a new snapshot",
+            4052 => (Kind::Config, dup),
+            1236 if same_replica_id(&s.message) => (Kind::Config, dup),
+            1236 => (Kind::Unavailable, "will retry"),
+            3159 | 4151 => (
+                Kind::Config,
+                "the server has require_secure_transport=ON: connect with TLS (?ssl-mode=REQUIRED or VERIFY_IDENTITY in --source-url)",
             ),
             1049 | 1146 => (Kind::Config, "check --tables"),
+            1064 | 1295 | 1047 | 1148 | 1193 | 1235 => (
+                Kind::Internal,
+                "this server refuses a statement cdc sends, so retrying cannot help: report it with the server's version",
+            ),
             _ => (Kind::Unavailable, "will retry"),
         };
-        let msg = format!("MySQL error {} while trying to {doing}: {}: {hint}", s.code, s.message);
+        let msg = format!("MySQL error {} from {at} while trying to {doing}: {}: {hint}", s.code, s.message);
         return Error::new(kind, msg).with_source(e);
     }
-    Error::unavailable(format!("cannot {doing}: the database is unreachable")).with_source(e)
+    Error::unavailable(format!("cannot {doing}: the database at {at} is unreachable")).with_source(e)
 }
 
 /// A running MySQL/MariaDB source.
@@ -133,6 +186,11 @@ async fn run(
         Some(p) => p.snapshot.is_some(),
     };
     let start = match resume {
+        // A finished snapshot: `initial-only` has nothing left to do.
+        Some(_) if mode == SnapshotMode::InitialOnly && !needs_snapshot => {
+            let _ = tx.send(Ok(vec![SourceMessage::End])).await;
+            return Ok(());
+        }
         Some(p) if p.snapshot.is_none() => p,
         resumed if needs_snapshot => {
             let Some(start) = snapshot::run(&opts, &filter, resumed, &tx).await? else {
@@ -146,26 +204,33 @@ async fn run(
         }
         _ => current_position(&opts).await?,
     };
-    binlog::stream(opts, server_id, filter, start, tx).await
+    stream::stream(opts, server_id, filter, start, tx).await
 }
 
 /// The server's current binlog end (where `--snapshot never` starts).
 pub async fn current_position(opts: &mysql_async::Opts) -> Result<BinlogPosition> {
     use mysql_async::prelude::Queryable;
-    let mut conn = mysql_async::Conn::new(opts.clone()).await.map_err(|e| classify(e, "connect"))?;
+    let mut conn = mysql_async::Conn::new(opts.clone()).await.map_err(|e| classify(e, opts, "connect"))?;
     // MySQL 8.4 renamed SHOW MASTER STATUS; MariaDB and older MySQL know only the old name.
     let row: Option<(String, u64)> = match conn.query_first("SHOW BINARY LOG STATUS").await {
         Ok(r) => r.map(|r: mysql_async::Row| (r.get(0).unwrap_or_default(), r.get(1).unwrap_or_default())),
         Err(_) => conn
             .query_first("SHOW MASTER STATUS")
             .await
-            .map_err(|e| classify(e, "read the binlog position"))?
+            .map_err(|e| classify(e, conn.opts(), "read the binlog position"))?
             .map(|r: mysql_async::Row| (r.get(0).unwrap_or_default(), r.get(1).unwrap_or_default())),
     };
     let (file, pos) = row.ok_or_else(|| Error::config("the server has no binary log: set log_bin=ON"))?;
     let gtid = gtid_at(&mut conn, &file, pos).await;
+    let server = resume::server(&mut conn).await?;
     let _ = conn.disconnect().await;
-    Ok(BinlogPosition { file, pos, gtid, snapshot: None })
+    Ok(at(file, pos, gtid, &server))
+}
+
+/// A position read from `server` (its identity, and on MariaDB its GTID state `gtid`).
+fn at(file: String, pos: u64, gtid: Option<String>, server: &resume::Server) -> BinlogPosition {
+    let gtid_set = gtid.clone().filter(|_| server.mariadb);
+    BinlogPosition { file, pos, gtid, gtid_set, server: Some(server.identity.clone()), snapshot: None }
 }
 
 /// The captured base tables, `(db, table)` sorted. Lists names only (no statistics, which
@@ -175,7 +240,7 @@ pub async fn captured_tables(conn: &mut mysql_async::Conn, filter: &Filter) -> R
     let all: Vec<(String, String)> = conn
         .query("SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' ORDER BY 1, 2")
         .await
-        .map_err(|e| classify(e, "list tables"))?;
+        .map_err(|e| classify(e, conn.opts(), "list tables"))?;
     Ok(all.into_iter().filter(|(d, t)| filter.captures(d, t)).collect())
 }
 
@@ -192,7 +257,7 @@ pub async fn keyed_tables(
         let rows: Vec<String> = conn
             .exec("SELECT DISTINCT table_name FROM information_schema.key_column_usage WHERE table_schema = ? AND constraint_name = 'PRIMARY'", (db,))
             .await
-            .map_err(|e| classify(e, "read primary keys"))?;
+            .map_err(|e| classify(e, conn.opts(), "read primary keys"))?;
         keyed.extend(rows.into_iter().map(|t| (db.clone(), t)));
     }
     Ok(keyed)

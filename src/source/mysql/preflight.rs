@@ -37,12 +37,20 @@ fn check(name: &str, ok: bool, found: String, fix: &str, kind: Kind) -> Check {
     Check { name: name.to_owned(), status, detail }
 }
 
+/// A global variable by the text protocol, which MySQL and MariaDB both accept (MySQL does
+/// not prepare `SHOW VARIABLES`); None when this server has no such variable. Booleans
+/// (`SELECT @@log_bin` is `1`) read as `ON`/`OFF`, as `SHOW VARIABLES` prints them.
 async fn variable(conn: &mut mysql_async::Conn, name: &str) -> Result<Option<String>> {
-    let row: Option<(String, String)> = conn
-        .exec_first("SHOW GLOBAL VARIABLES WHERE Variable_name = ?", (name,))
-        .await
-        .map_err(|e| classify(e, "read server variables"))?;
-    Ok(row.map(|r| r.1))
+    debug_assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    match conn.query_first::<Option<String>, _>(format!("SELECT @@GLOBAL.{name}")).await {
+        Ok(v) => Ok(v.flatten().map(|v| match v.as_str() {
+            "1" => "ON".to_owned(),
+            "0" => "OFF".to_owned(),
+            _ => v,
+        })),
+        Err(mysql_async::Error::Server(e)) if e.code == 1193 => Ok(None), // unknown variable
+        Err(e) => Err(classify(e, conn.opts(), &format!("read the setting {name}"))),
+    }
 }
 
 async fn setting(conn: &mut mysql_async::Conn, name: &str, want: &str) -> Result<Check> {
@@ -61,9 +69,12 @@ pub async fn checks(
     resume: Option<&BinlogPosition>,
 ) -> Result<Vec<Check>> {
     let mut conn =
-        mysql_async::Conn::new(opts.clone()).await.map_err(|e| classify(e, "connect to the source"))?;
-    let version: String =
-        conn.query_first("SELECT VERSION()").await.map_err(|e| classify(e, "query"))?.unwrap_or_default();
+        mysql_async::Conn::new(opts.clone()).await.map_err(|e| classify(e, opts, "connect to the source"))?;
+    let version: String = conn
+        .query_first("SELECT VERSION()")
+        .await
+        .map_err(|e| classify(e, conn.opts(), "query"))?
+        .unwrap_or_default();
     let mariadb = version.to_ascii_lowercase().contains("mariadb");
     let mut out =
         vec![Check { name: "connect".into(), status: Status::Ok, detail: format!("connected to {version}") }];
@@ -78,16 +89,19 @@ pub async fn checks(
     out.push(setting(&mut conn, "binlog_format", "ROW").await?);
     out.push(setting(&mut conn, "binlog_row_image", "FULL").await?);
     out.push(setting(&mut conn, "binlog_row_metadata", "FULL").await?);
-    if mariadb {
-        let compress = variable(&mut conn, "log_bin_compress").await?.unwrap_or_else(|| "OFF".into());
-        out.push(check(
-            "log_bin_compress",
-            compress.eq_ignore_ascii_case("OFF"),
-            format!("log_bin_compress = {compress}"),
-            "set log_bin_compress=OFF",
-            Kind::Config,
-        ));
-    } else {
+    // Compressed binlogs (MariaDB log_bin_compress, MySQL binlog_transaction_compression)
+    // are decoded: shown for the record, never a failure.
+    let compression = if mariadb { "log_bin_compress" } else { "binlog_transaction_compression" };
+    let value =
+        variable(&mut conn, compression).await?.unwrap_or_else(|| "(not supported by this server)".into());
+    out.push(check(
+        compression,
+        true,
+        format!("{compression} = {value} (compressed events are decoded)"),
+        "",
+        Kind::Config,
+    ));
+    if !mariadb {
         let partial = variable(&mut conn, "binlog_row_value_options").await?.unwrap_or_default();
         out.push(check(
             "binlog_row_value_options",
@@ -106,9 +120,28 @@ pub async fn checks(
     Ok(out)
 }
 
-/// REPLICATION SLAVE and REPLICATION CLIENT (MariaDB: BINLOG MONITOR), from SHOW GRANTS.
+/// REPLICATION SLAVE and REPLICATION CLIENT (MariaDB: BINLOG MONITOR), from SHOW GRANTS of
+/// the user and of every role active in the session (a privilege granted through a role is
+/// only listed under the role).
 async fn privileges(conn: &mut mysql_async::Conn, mariadb: bool) -> Result<Check> {
-    let grants: Vec<String> = conn.query("SHOW GRANTS").await.map_err(|e| classify(e, "read grants"))?;
+    let mut grants: Vec<String> =
+        conn.query("SHOW GRANTS").await.map_err(|e| classify(e, conn.opts(), "read grants"))?;
+    let roles: Option<Option<String>> = conn
+        .query_first("SELECT CURRENT_ROLE()")
+        .await
+        .map_err(|e| classify(e, conn.opts(), "read roles"))?;
+    for role in roles.flatten().iter().flat_map(|r| r.split(',')).map(str::trim) {
+        if role.is_empty() || role.eq_ignore_ascii_case("NONE") {
+            continue;
+        }
+        // MySQL names roles `r`@`%`; MariaDB by bare name, which must be quoted here.
+        let who = if role.contains('@') { role.to_owned() } else { format!("`{}`", role.replace('`', "``")) };
+        let more: Vec<String> = conn
+            .query(format!("SHOW GRANTS FOR {who}"))
+            .await
+            .map_err(|e| classify(e, conn.opts(), &format!("read the grants of role {role}")))?;
+        grants.extend(more);
+    }
     let global: Vec<String> =
         grants.iter().filter(|g| g.contains(" ON *.* ")).map(|g| g.to_ascii_uppercase()).collect();
     let has = |p: &str| global.iter().any(|g| g.contains("ALL PRIVILEGES") || g.contains(p));
@@ -179,26 +212,21 @@ async fn tables(conn: &mut mysql_async::Conn, config: &Config) -> Result<Vec<Che
     Ok(out)
 }
 
-/// The stored position's binlog file is still on the server.
+/// The server can still give the stored position (see `resume`: proven, not guessed).
 async fn position_present(conn: &mut mysql_async::Conn, p: &BinlogPosition) -> Result<Check> {
-    let logs: Vec<mysql_async::Row> =
-        conn.query("SHOW BINARY LOGS").await.map_err(|e| classify(e, "list binary logs"))?;
-    let present = logs.iter().any(|r| r.get::<String, _>(0).as_deref() == Some(p.file.as_str()));
-    let mut c = check(
-        "stored position",
-        present,
-        format!("resuming from {}:{}", p.file, p.pos),
-        "that binlog file was purged: run `cdc offsets reset --yes` and start again to take a new snapshot",
-        Kind::PositionLost,
-    );
-    if !present {
-        c.detail = format!(
-            "{} is no longer on the server: {}",
-            p.file,
-            c.detail.rsplit(": ").next().unwrap_or_default()
-        );
-    }
-    Ok(c)
+    let server = super::resume::server(conn).await?;
+    let how = match super::resume::by_gtid(&server, p) {
+        true => format!("resuming by GTID from {}", p.gtid_set.as_deref().unwrap_or_default()),
+        false => format!("resuming from {}:{}", p.file, p.pos),
+    };
+    Ok(match super::resume::missing(conn, &server, p).await? {
+        None => Check { name: "stored position".into(), status: Status::Ok, detail: how },
+        Some(why) => Check {
+            name: "stored position".into(),
+            status: Status::Fail(Kind::PositionLost),
+            detail: super::resume::lost(p, &why).to_string(),
+        },
+    })
 }
 
 /// For `cdc run`: all checks must pass; the first failure becomes the error.

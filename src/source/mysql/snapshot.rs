@@ -92,14 +92,15 @@ pub async fn run(
     resumed: Option<BinlogPosition>,
     tx: &Tx,
 ) -> Result<Option<BinlogPosition>> {
-    let mut conn =
-        mysql_async::Conn::new(opts.clone()).await.map_err(|e| classify(e, "connect for the snapshot"))?;
+    let mut conn = mysql_async::Conn::new(opts.clone())
+        .await
+        .map_err(|e| classify(e, opts, "connect for the snapshot"))?;
     for sql in [
         "SET SESSION time_zone = '+00:00'",
         "SET NAMES utf8mb4",
         "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
     ] {
-        conn.query_drop(sql).await.map_err(|e| classify(e, "prepare the snapshot session"))?;
+        conn.query_drop(sql).await.map_err(|e| classify(e, conn.opts(), "prepare the snapshot session"))?;
     }
     let here = consistent_start(&mut conn).await?;
     let start = resumed.clone().unwrap_or_else(|| here.clone());
@@ -137,8 +138,10 @@ pub async fn run(
         let mut table: Option<Arc<Table>> = None;
         loop {
             let sql = chunk_sql(&db, &name, &key, after.as_deref());
-            let rows: Vec<Row> =
-                conn.exec(sql, ()).await.map_err(|e| classify(e, &format!("read {qualified}")))?;
+            let rows: Vec<Row> = conn
+                .exec(sql, ())
+                .await
+                .map_err(|e| classify(e, conn.opts(), &format!("read {qualified}")))?;
             let n = rows.len();
             for row in rows {
                 let columns = row.columns();
@@ -213,7 +216,8 @@ pub async fn run(
 
 /// Starts the consistent-read transaction and returns the binlog position it reflects.
 async fn consistent_start(conn: &mut mysql_async::Conn) -> Result<BinlogPosition> {
-    let err = |e| classify(e, "start the snapshot transaction");
+    let opts = conn.opts().clone();
+    let err = |e| classify(e, &opts, "start the snapshot transaction");
     conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT").await.map_err(err)?;
     let status: Vec<(String, String)> =
         conn.query("SHOW STATUS LIKE 'binlog_snapshot_%'").await.map_err(err)?;
@@ -225,7 +229,7 @@ async fn consistent_start(conn: &mut mysql_async::Conn) -> Result<BinlogPosition
             conn.query_drop("ROLLBACK").await.map_err(err)?;
             conn.query_drop("FLUSH TABLES WITH READ LOCK")
                 .await
-                .map_err(|e| classify(e, "lock tables for the snapshot (needs RELOAD)"))?;
+                .map_err(|e| classify(e, &opts, "lock tables for the snapshot (needs RELOAD)"))?;
             conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT").await.map_err(err)?;
             let p = super::current_position(&conn.opts().clone()).await;
             conn.query_drop("UNLOCK TABLES").await.map_err(err)?;
@@ -234,7 +238,8 @@ async fn consistent_start(conn: &mut mysql_async::Conn) -> Result<BinlogPosition
         }
     };
     let gtid = gtid_at(conn, &file, pos).await;
-    Ok(BinlogPosition { file, pos, gtid, snapshot: None })
+    let server = super::resume::server(conn).await?;
+    Ok(super::at(file, pos, gtid, &server))
 }
 
 /// Captured tables with their estimated row counts (for progress), asked per schema.
@@ -250,7 +255,7 @@ async fn captured_tables(
                 (&db, &table),
             )
             .await
-            .map_err(|e| classify(e, "estimate table sizes"))?;
+            .map_err(|e| classify(e, conn.opts(), "estimate table sizes"))?;
         out.push((db, table, rows.flatten().unwrap_or(0)));
     }
     Ok(out)
@@ -263,7 +268,7 @@ async fn primary_key(conn: &mut mysql_async::Conn, db: &str, table: &str) -> Res
         (db, table),
     )
     .await
-    .map_err(|e| classify(e, "read primary keys"))
+    .map_err(|e| classify(e, conn.opts(), "read primary keys"))
 }
 
 fn ident(s: &str) -> String {

@@ -1,0 +1,134 @@
+//! Resumption: how a stored position is requested from the server, and the proof that the
+//! server still has it. A position is "lost" (exit 66) only when proven: its file is not in
+//! `SHOW BINARY LOGS` or ends before it, it was read from another server and has no GTID
+//! state to find it by, or its GTIDs are not in this server's history. Anything else that
+//! fails to start a stream is not called lost.
+//!
+//! MariaDB: a position with a GTID state (every position `cdc` stores) is requested by GTID
+//! (`@slave_connect_state`, strict mode), which works on every server of the replication
+//! topology, so a promoted replica continues where the old primary stopped. MySQL and
+//! positions without a GTID state are requested by file and position, on the server they
+//! were read from.
+
+use super::classify;
+use super::gtid::GtidState;
+use crate::error::{Error, Kind, Result};
+use crate::position::BinlogPosition;
+use mysql_async::prelude::Queryable;
+
+/// The server a stream reads, as far as resumption cares.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// MariaDB (else MySQL).
+    pub mariadb: bool,
+    /// Identity stored with offsets: MySQL `@@server_uuid`, MariaDB `@@server_id`.
+    pub identity: String,
+}
+
+/// Reads the server's flavour and identity.
+pub async fn server(conn: &mut mysql_async::Conn) -> Result<Server> {
+    let (version, id): (String, u64) = conn
+        .query_first("SELECT VERSION(), @@server_id")
+        .await
+        .map_err(|e| classify(e, conn.opts(), "identify the server"))?
+        .unwrap_or_default();
+    let mariadb = version.to_ascii_lowercase().contains("mariadb");
+    let identity = match mariadb {
+        true => id.to_string(),
+        false => conn
+            .query_first::<String, _>("SELECT @@server_uuid")
+            .await
+            .map_err(|e| classify(e, conn.opts(), "read @@server_uuid"))?
+            .unwrap_or_default(),
+    };
+    Ok(Server { mariadb, identity })
+}
+
+/// True when `p` is requested by GTID from `server`.
+pub fn by_gtid(server: &Server, p: &BinlogPosition) -> bool {
+    server.mariadb && p.gtid_set.as_deref().and_then(GtidState::parse).is_some_and(|s| !s.is_empty())
+}
+
+/// Why the server cannot give `p`, or None when it can (as far as can be proven without
+/// streaming).
+pub async fn missing(
+    conn: &mut mysql_async::Conn,
+    server: &Server,
+    p: &BinlogPosition,
+) -> Result<Option<String>> {
+    if by_gtid(server, p) {
+        return gtid_missing(conn, server, p).await;
+    }
+    if let Some(from) = p.server.as_deref().filter(|s| *s != server.identity) {
+        return Ok(Some(format!(
+            "the stored position {}:{} was read from server {from}, but this is server {} and the position \
+             has no GTID state to find it by here: point --source-url back at server {from}",
+            p.file, p.pos, server.identity
+        )));
+    }
+    let logs: Vec<mysql_async::Row> =
+        conn.query("SHOW BINARY LOGS").await.map_err(|e| classify(e, conn.opts(), "list binary logs"))?;
+    let size = logs.iter().find_map(|r| {
+        (r.get::<String, _>(0).as_deref() == Some(p.file.as_str())).then(|| r.get::<u64, _>(1).unwrap_or(0))
+    });
+    Ok(match size {
+        None => Some(format!("{} is no longer on the server (its binlogs were purged)", p.file)),
+        Some(size) if p.pos > size => Some(format!(
+            "{} on this server ends at {size}, before the stored position {}: it is not the binlog the position \
+             was read from",
+            p.file, p.pos
+        )),
+        Some(_) => None,
+    })
+}
+
+/// Every GTID of the stored state must be in the server's binlog history
+/// (`@@gtid_binlog_state`: the last GTID of each domain and server). The dump itself checks
+/// the exact GTID; this finds the common cases before it, with a clearer message.
+async fn gtid_missing(
+    conn: &mut mysql_async::Conn,
+    server: &Server,
+    p: &BinlogPosition,
+) -> Result<Option<String>> {
+    let state: String = conn
+        .query_first("SELECT @@GLOBAL.gtid_binlog_state")
+        .await
+        .map_err(|e| classify(e, conn.opts(), "read @@gtid_binlog_state"))?
+        .unwrap_or_default();
+    let have: Vec<(u32, u32, u64)> = state
+        .split(',')
+        .filter_map(|g| {
+            let mut it = g.trim().splitn(3, '-');
+            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+        })
+        .collect();
+    let stored = p.gtid_set.as_deref().unwrap_or_default();
+    for g in stored.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+        let mut it = g.splitn(3, '-').map(|n| n.parse::<u64>().unwrap_or(u64::MAX));
+        let (d, s, n) = (it.next().unwrap_or(0), it.next().unwrap_or(0), it.next().unwrap_or(0));
+        let found = have.iter().any(|&(hd, hs, hn)| hd as u64 == d && hs as u64 == s && hn >= n);
+        if !found {
+            return Ok(Some(format!(
+                "the stored GTID {g} (of state {stored}) is not in the binlog history of server {} (gtid_binlog_state \
+                 '{state}'): it is not a server of the replication topology the position was read from, or it \
+                 never received that transaction",
+                server.identity
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// The error for a stored position the server cannot give.
+pub fn lost(p: &BinlogPosition, why: &str) -> Error {
+    Error::new(
+        Kind::PositionLost,
+        format!(
+            "cannot resume from the stored position {}:{}{}: {why}. To start over, run `cdc offsets reset --yes` and \
+             start again to take a new snapshot",
+            p.file,
+            p.pos,
+            p.gtid_set.as_deref().map(|g| format!(" (GTID state {g})")).unwrap_or_default()
+        ),
+    )
+}

@@ -1,0 +1,132 @@
+//! The binlog stream: connects as a replica, requests the binlog from the start position (by
+//! GTID on MariaDB when the position has a GTID state, else by file and position), and
+//! feeds each event through the [`Reader`] into the source channel.
+//!
+//! Connection health: the server is asked for a heartbeat every [`HEARTBEAT`] when idle;
+//! three missed heartbeats mean the connection is dead (a frozen server keeps TCP open).
+
+use super::binlog::Reader;
+use super::resume::{self, Server};
+use super::{Filter, Tx, classify, endpoint, is_binlog_read_error};
+use crate::error::{Error, Result};
+use crate::position::{BinlogPosition, Position};
+use crate::source::SourceMessage;
+use futures::StreamExt;
+use mysql_async::prelude::Queryable;
+use mysql_common::binlog::consts::EventType;
+use std::time::Duration;
+
+/// How often the server sends a heartbeat when idle; a silent connection is declared dead
+/// after three missed heartbeats.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// Streams the binlog from `start` into `tx` until the receiver is dropped or an error occurs.
+pub async fn stream(
+    opts: mysql_async::Opts,
+    server_id: u32,
+    filter: Filter,
+    start: BinlogPosition,
+    tx: Tx,
+) -> Result<()> {
+    let mut conn = mysql_async::Conn::new(opts.clone())
+        .await
+        .map_err(|e| classify(e, &opts, "connect for the binlog stream"))?;
+    let server = resume::server(&mut conn).await?;
+    let by_gtid = resume::by_gtid(&server, &start);
+    // Announce a MariaDB-aware replica, or the server hides GTID events (see
+    // shared/reference/mariadb-binlog.md); MySQL ignores the variables.
+    let mut setup =
+        format!("SET @mariadb_slave_capability=4, @master_heartbeat_period={}", HEARTBEAT.as_nanos());
+    if by_gtid {
+        // Strict: a GTID missing from this server's binlog is an error, not a silent skip.
+        let state = start.gtid_set.as_deref().unwrap_or_default().replace('\'', "");
+        setup.push_str(&format!(
+            ", @slave_connect_state='{state}', @slave_gtid_strict_mode=1, @slave_gtid_ignore_duplicates=0"
+        ));
+    }
+    conn.query_drop(setup).await.map_err(|e| classify(e, &opts, "prepare the binlog stream"))?;
+    let request = mysql_async::BinlogStreamRequest::new(server_id);
+    // By GTID the server finds the file itself and ignores the coordinates.
+    let request = match by_gtid {
+        true => request.with_filename(b"").with_pos(4u64),
+        false => request.with_filename(start.file.as_bytes()).with_pos(start.pos),
+    };
+    let mut events = match conn.get_binlog_stream(request).await {
+        Ok(events) => events,
+        Err(e) => return Err(read_error(e, &opts, &server, &start).await),
+    };
+    match by_gtid {
+        true => tracing::info!(gtid = ?start.gtid_set, server = %server.identity, "streaming the binlog"),
+        false => {
+            tracing::info!(file = %start.file, pos = start.pos, server = %server.identity, "streaming the binlog")
+        }
+    }
+    crate::metrics::UP.store(1, std::sync::atomic::Ordering::Relaxed);
+    let mut reader = Reader::new(filter, &start, Some(server.identity.clone()));
+    let mut out = Vec::with_capacity(64);
+    // The start position is stored at once, so changes made while cdc is down are found.
+    if tx.send(Ok(vec![SourceMessage::Commit(Position::Mysql(start.clone()))])).await.is_err() {
+        return Ok(());
+    }
+    loop {
+        let ev = match tokio::time::timeout(HEARTBEAT * 3, events.next()).await {
+            Err(_) => {
+                return Err(Error::unavailable(format!(
+                    "no binlog event or heartbeat from {} for {:?}: connection lost",
+                    endpoint(&opts),
+                    HEARTBEAT * 3
+                )));
+            }
+            Ok(None) => {
+                return Err(Error::unavailable(format!("{} closed the binlog stream", endpoint(&opts))));
+            }
+            Ok(Some(Err(e))) => return Err(read_error(e, &opts, &server, &start).await),
+            Ok(Some(Ok(ev))) => ev,
+        };
+        if ev.header().event_type() == Ok(EventType::HEARTBEAT_EVENT) {
+            continue;
+        }
+        reader.on_event(&ev, &mut out)?;
+        if let Some(SourceMessage::Change(c)) = out.last() {
+            crate::metrics::LAST_SOURCE_TS_MS.store(c.ts_ms, std::sync::atomic::Ordering::Relaxed);
+        }
+        // One channel message per binlog event, not per row.
+        if !out.is_empty() && tx.send(Ok(std::mem::replace(&mut out, Vec::with_capacity(64)))).await.is_err()
+        {
+            return Ok(());
+        }
+    }
+}
+
+/// A binlog read error. Error 1236 is "position lost" (66) only when a fresh look at the
+/// server proves it ([`resume::missing`]); otherwise it stays retryable, with the server's
+/// words.
+async fn read_error(
+    e: mysql_async::Error,
+    opts: &mysql_async::Opts,
+    server: &Server,
+    start: &BinlogPosition,
+) -> Error {
+    if !is_binlog_read_error(&e) {
+        return classify(e, opts, "read the binlog");
+    }
+    let proof = async {
+        let mut conn = mysql_async::Conn::new(opts.clone()).await.ok()?;
+        let why = resume::missing(&mut conn, server, start).await.ok()?;
+        let _ = conn.disconnect().await;
+        why
+    };
+    match proof.await {
+        Some(why) => resume::lost(start, &why).with_source(e),
+        None if resume::by_gtid(server, start) => {
+            // The dump refused the GTID state although the history seems to hold it (a hole
+            // in the binlog, or purged files): the server's message is the proof.
+            let msg = match &e {
+                mysql_async::Error::Server(s) => s.message.clone(),
+                _ => String::new(),
+            };
+            resume::lost(start, &format!("{} refused it: {msg}", endpoint(opts))).with_source(e)
+        }
+        None => classify(e, opts, "read the binlog"),
+    }
+}
