@@ -8,6 +8,7 @@ mod cli;
 mod kafka;
 mod mysql_e2e;
 mod mysql_faults;
+mod mysql_restarts;
 mod mysql_types;
 mod support;
 mod testbed;

@@ -101,11 +101,15 @@ impl Running {
     /// Starts `cdc run --source mysql` for `tables` with a file sink in `dir` (unless `extra`
     /// names another `--sink`).
     pub fn mysql(dir: &Path, tables: &str, extra: &[&str]) -> Running {
+        Running::mysql_at(&mysql_url(), dir, tables, extra)
+    }
+
+    /// As [`Running::mysql`], against the server at `url`.
+    pub fn mysql_at(url: &str, dir: &Path, tables: &str, extra: &[&str]) -> Running {
         let (out, state, stderr) = (dir.join("out.jsonl"), dir.join("state"), dir.join("stderr.log"));
         // Truncated per run, so waiting for a log line sees this run's.
         let log = std::fs::File::create(&stderr).unwrap();
-        let url = mysql_url();
-        let mut args = vec!["run", "--source", "mysql", "--source-url", &url, "--tables", tables];
+        let mut args = vec!["run", "--source", "mysql", "--source-url", url, "--tables", tables];
         let (o, s) = (out.to_str().unwrap(), state.to_str().unwrap());
         if !extra.contains(&"--sink") {
             args.extend(["--sink", "file", "--file-path", o]);

@@ -120,7 +120,10 @@ impl Reader {
                 // The artificial rotate that opens a stream names the file we asked for (or,
                 // by GTID, the file the server starts in); later ones announce a new file.
                 let opening = header.log_pos() == 0 && !self.seen_fde;
-                self.file = r.name().into_owned().into();
+                self.file = match opening {
+                    true => opening_name(ev, &r.name()).into(),
+                    false => r.name().into_owned().into(),
+                };
                 self.tables.clear();
                 if !opening && !self.tx.in_tx {
                     out.push(self.tx.capped(self.commit_at(r.position())));
@@ -426,6 +429,23 @@ impl Reader {
         let dbs =
             statement::updated_dbs(status_vars).unwrap_or_else(|| statement::named_dbs(sql, default_db));
         dbs.into_iter().find(|db| self.filter.captures_db(db)).map(|db| format!("a table of {db}"))
+    }
+}
+
+/// The file name of the rotate that opens a stream. It arrives before the format
+/// description, so the reader cannot know that it ends with a CRC32 checksum: when its last
+/// four bytes are the CRC32 of the event before them, they are the checksum, not the name.
+fn opening_name(ev: &Event, name: &str) -> String {
+    let body = ev.data();
+    let Some(split) = body.len().checked_sub(4).filter(|&n| n >= 8) else { return name.to_owned() };
+    let header = ev.header();
+    let mut crc = flate2::Crc::new();
+    crc.update(&compressed::header_bytes(ev, header.event_type_raw(), header.event_size()));
+    crc.update(&body[..split]);
+    let stored = u32::from_le_bytes([body[split], body[split + 1], body[split + 2], body[split + 3]]);
+    match crc.sum() == stored {
+        true => String::from_utf8_lossy(&body[8..split]).into_owned(),
+        false => name.to_owned(),
     }
 }
 

@@ -86,6 +86,19 @@ fn lenenc(b: &[u8]) -> Option<(usize, usize)> {
     Some((v, 1 + n))
 }
 
+/// The 19 header bytes of `ev` as sent, with another type and size.
+pub fn header_bytes(ev: &Event, ty: u8, size: u32) -> Vec<u8> {
+    let header = ev.header();
+    let mut bytes = Vec::with_capacity(size as usize);
+    bytes.extend(header.timestamp().to_le_bytes());
+    bytes.push(ty);
+    bytes.extend(header.server_id().to_le_bytes());
+    bytes.extend(size.to_le_bytes());
+    bytes.extend(header.log_pos().to_le_bytes());
+    bytes.extend(header.flags_raw().to_le_bytes());
+    bytes
+}
+
 /// The plain event a compressed one stands for, with the same header fields (but type and
 /// size) and, when the stream has checksums, a placeholder checksum the reader skips.
 pub fn decompress(ev: &Event) -> Result<Event, String> {
@@ -101,13 +114,8 @@ pub fn decompress(ev: &Event) -> Result<Event, String> {
     let plain = uncompress(&body[at..])?;
     let checksum = if ev.checksum().is_some() { 4 } else { 0 };
     let size = HEADER + at + plain.len() + checksum;
-    let mut bytes = Vec::with_capacity(size);
-    bytes.extend(header.timestamp().to_le_bytes());
-    bytes.push(plain_type(ty));
-    bytes.extend(header.server_id().to_le_bytes());
-    bytes.extend(u32::try_from(size).map_err(|_| "event over 4 GiB")?.to_le_bytes());
-    bytes.extend(header.log_pos().to_le_bytes());
-    bytes.extend(header.flags_raw().to_le_bytes());
+    let size = u32::try_from(size).map_err(|_| "event over 4 GiB")?;
+    let mut bytes = header_bytes(ev, plain_type(ty), size);
     bytes.extend(&body[..at]);
     bytes.extend(plain);
     bytes.extend([0u8; 4].iter().take(checksum));

@@ -166,6 +166,30 @@ fn insert_tx(seq: u64, id: i32, at: u32) -> Vec<Event> {
 }
 
 #[test]
+fn the_opening_rotate_loses_its_checksum_bytes() {
+    // As MariaDB sends it before the format description: name, then the CRC32 of it all.
+    let mut body = 4u64.to_le_bytes().to_vec();
+    body.extend(b"binlog.000007");
+    let mut b = 0u32.to_le_bytes().to_vec();
+    b.push(4);
+    b.extend(1u32.to_le_bytes());
+    b.extend((19 + body.len() as u32 + 4).to_le_bytes());
+    b.extend([0, 0, 0, 0, 0x20, 0]);
+    b.extend(&body);
+    let mut crc = flate2::Crc::new();
+    crc.update(&b);
+    b.extend(crc.sum().to_le_bytes());
+    let ev = Event::read(&fde(), &b[..]).unwrap();
+    let mut r = reader("shop.*");
+    feed(&mut r, &[ev, format_description()]).unwrap();
+    assert_eq!(r.file(), "binlog.000007");
+    // without a checksum the name is taken whole
+    let mut r = reader("shop.*");
+    feed(&mut r, &[rotate(0, 4, "binlog.000008")]).unwrap();
+    assert_eq!(r.file(), "binlog.000008");
+}
+
+#[test]
 fn files_follow_artificial_rotates_after_a_server_restart() {
     let mut r = reader("shop.*");
     let mut evs = vec![rotate(0, 4, "binlog.000001"), format_description()];
