@@ -9,6 +9,7 @@ mod kafka;
 mod mysql_e2e;
 mod mysql_faults;
 mod mysql_restarts;
+mod mysql_shapes;
 mod mysql_types;
 mod support;
 mod testbed;
