@@ -156,7 +156,7 @@ pub async fn check(config: &Config) -> Result<i32> {
         _ => None,
     };
     let opts = match config.source {
-        SourceKind::Mysql => mysql::opts(config)?,
+        SourceKind::Mysql => mysql::opts(config).await?,
         SourceKind::Postgres => return Err(unsupported("the postgres source")),
     };
     let checks = match preflight::checks(config, &opts, resume.as_ref()).await {

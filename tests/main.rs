@@ -10,6 +10,7 @@ mod mysql_e2e;
 mod mysql_faults;
 mod mysql_restarts;
 mod mysql_shapes;
+mod mysql_tls;
 mod mysql_types;
 mod support;
 mod testbed;

@@ -11,6 +11,7 @@ mod resume;
 mod snapshot;
 mod statement;
 mod stream;
+pub mod tls;
 mod txn;
 
 use crate::config::{Config, SnapshotMode, TablePattern};
@@ -70,25 +71,51 @@ fn is_system(db: &str) -> bool {
     matches!(db, "mysql" | "information_schema" | "performance_schema" | "sys")
 }
 
-/// Connection options from the source URL (`mariadb://` accepted as `mysql://`).
-pub fn opts(config: &Config) -> Result<mysql_async::Opts> {
+/// Connection options from the source URL (`mariadb://` accepted as `mysql://`), with TLS
+/// as its `ssl-mode` says (PREFERRED asks the server once whether it offers TLS).
+pub async fn opts(config: &Config) -> Result<mysql_async::Opts> {
     let mut url = config.source_url.expose().clone();
     if url.scheme() != "mysql" {
         let _ = url.set_scheme("mysql");
     }
-    let opts = mysql_async::Opts::from_url(url.as_str()).map_err(|_| {
+    let tls = tls::take(&mut url)?;
+    let opts = mysql_async::Opts::from_url(url.as_str()).map_err(|e| {
         Error::config(format!(
-            "cannot use --source-url {}: expected mysql://user:pass@host:3306",
+            "cannot use --source-url {}: expected mysql://user:pass@host:3306[?ssl-mode=...&ssl-ca=...]",
             config.source_url
         ))
+        .with_source(e)
     })?;
-    Ok(mysql_async::OptsBuilder::from_opts(opts).prefer_socket(false).into())
+    let plain = mysql_async::OptsBuilder::from_opts(opts).prefer_socket(false);
+    let with_tls: mysql_async::Opts = tls::apply(plain.clone(), &tls).into();
+    Ok(match tls.mode {
+        tls::SslMode::Preferred => {
+            tls::prefer(with_tls, plain.ssl_opts(None::<mysql_async::SslOpts>).into()).await
+        }
+        _ => with_tls,
+    })
 }
 
 /// `mysql://user:***@host:port`: the endpoint an error names.
 pub fn endpoint(opts: &mysql_async::Opts) -> String {
     let user = opts.user().map(|u| format!("{u}:***@")).unwrap_or_default();
     format!("mysql://{user}{}:{}", opts.ip_or_hostname(), opts.tcp_port())
+}
+
+/// True when a TLS handshake failed (rustls refused the certificate or the protocol).
+fn tls_refused(e: &mysql_async::Error) -> bool {
+    if matches!(e, mysql_async::Error::Io(mysql_async::IoError::Tls(_))) {
+        return true;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        let inner = c.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+        if c.is::<rustls::Error>() || inner.is_some_and(|i| i.is::<rustls::Error>()) {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// True for MySQL error 1236 (the server cannot send the binlog from the requested position).
@@ -106,6 +133,20 @@ fn same_replica_id(message: &str) -> bool {
 /// 1236 is retried here; the stream proves whether the position is really lost.
 pub fn classify(e: mysql_async::Error, opts: &mysql_async::Opts, doing: &str) -> Error {
     let at = endpoint(opts);
+    let tls = match &e {
+        _ if tls_refused(&e) => Some(
+            "the TLS handshake failed: the server's certificate is not signed by a CA that ssl-ca (or the system) \
+             trusts, or does not name the host (ssl-mode=VERIFY_IDENTITY): fix ssl-ca or ssl-mode in --source-url",
+        ),
+        mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer) => Some(
+            "the server does not offer TLS but ssl-mode requires it: enable TLS on the server, or use \
+             ssl-mode=PREFERRED",
+        ),
+        _ => None,
+    };
+    if let Some(why) = tls {
+        return Error::config(format!("cannot {doing} at {at}: {why}")).with_source(e);
+    }
     if let mysql_async::Error::Server(s) = &e {
         let dup = "another replica with the same --server-id is reading this server's binlog: give each cdc (and \
                    each real replica) its own --server-id";
@@ -115,7 +156,7 @@ pub fn classify(e: mysql_async::Error, opts: &mysql_async::Opts, doing: &str) ->
             4052 => (Kind::Config, dup),
             1236 if same_replica_id(&s.message) => (Kind::Config, dup),
             1236 => (Kind::Unavailable, "will retry"),
-            3159 | 4151 => (
+            3159 => (
                 Kind::Config,
                 "the server has require_secure_transport=ON: connect with TLS (?ssl-mode=REQUIRED or VERIFY_IDENTITY in --source-url)",
             ),
@@ -158,7 +199,7 @@ impl MysqlSource {
                 )));
             }
         };
-        let opts = opts(config)?;
+        let opts = opts(config).await?;
         preflight::require(config, &opts, resume.as_ref()).await?;
         let (tx, rx) = mpsc::channel(SOURCE_CHANNEL);
         let filter = Filter::new(config);

@@ -61,6 +61,31 @@ async fn setting(conn: &mut mysql_async::Conn, name: &str, want: &str) -> Result
     Ok(check(name, value.eq_ignore_ascii_case(want), format!("{name} = {value}"), &fix, Kind::Config))
 }
 
+/// The first connection. MariaDB answers a plain connection under
+/// `require_secure_transport=ON` with "access denied" (1045), as for a wrong password: one
+/// unverified TLS attempt with the same credentials tells the two apart.
+async fn connect(opts: &mysql_async::Opts) -> Result<mysql_async::Conn> {
+    let e = match mysql_async::Conn::new(opts.clone()).await {
+        Ok(conn) => return Ok(conn),
+        Err(e) => e,
+    };
+    let denied = matches!(&e, mysql_async::Error::Server(s) if s.code == 1045);
+    if denied && opts.ssl_opts().is_none() {
+        let ssl = mysql_async::SslOpts::default().with_danger_accept_invalid_certs(true);
+        let tls: mysql_async::Opts = mysql_async::OptsBuilder::from_opts(opts.clone()).ssl_opts(ssl).into();
+        if let Ok(conn) = mysql_async::Conn::new(tls).await {
+            let _ = conn.disconnect().await;
+            return Err(Error::config(format!(
+                "{} refuses connections without TLS (require_secure_transport=ON) and --source-url has ssl-mode=DISABLED \
+                 (or the server offered no TLS when asked): use ssl-mode=REQUIRED, VERIFY_CA or VERIFY_IDENTITY",
+                super::endpoint(opts)
+            ))
+            .with_source(e));
+        }
+    }
+    Err(classify(e, opts, "connect to the source"))
+}
+
 /// Runs every check against the server. Connection failures are returned as errors (the
 /// checks cannot run); everything else is a line.
 pub async fn checks(
@@ -68,8 +93,7 @@ pub async fn checks(
     opts: &mysql_async::Opts,
     resume: Option<&BinlogPosition>,
 ) -> Result<Vec<Check>> {
-    let mut conn =
-        mysql_async::Conn::new(opts.clone()).await.map_err(|e| classify(e, opts, "connect to the source"))?;
+    let mut conn = connect(opts).await?;
     let version: String = conn
         .query_first("SELECT VERSION()")
         .await
