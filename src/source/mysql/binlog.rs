@@ -23,6 +23,7 @@ use super::Filter;
 use super::compressed::{self, COMPRESSED};
 use super::decode::{TableInfo, decode_row, table_info};
 use super::gtid::{self, Gtid, GtidState};
+use super::gtid_set::GtidSet;
 use super::statement::{self, Control};
 use super::txn::Txn;
 use crate::error::{Error, Kind, Result};
@@ -55,8 +56,10 @@ pub struct Reader {
     /// A format description was seen: later artificial rotates announce new files.
     seen_fde: bool,
     tx: Txn,
-    /// MariaDB: the last GTID of each domain, and its text form.
+    /// MariaDB: the last GTID of each domain; MySQL: the executed set (tracked only when
+    /// the start position had one); and the text form of whichever the server writes.
     gtids: GtidState,
+    mysql_gtids: Option<GtidSet>,
     gtid_set: Option<String>,
     /// Inside a MySQL TRANSACTION_PAYLOAD: the payload event's (start, end), which the
     /// inner events (with `log_pos` 0) take as theirs.
@@ -67,6 +70,7 @@ impl Reader {
     /// A reader starting at `start`, on the server named `server` (stored with every offset).
     pub fn new(filter: Filter, start: &BinlogPosition, server: Option<String>) -> Self {
         let gtids = start.gtid_set.as_deref().and_then(GtidState::parse).unwrap_or_default();
+        let mysql_gtids = start.gtid_set.as_deref().and_then(GtidSet::parse);
         Reader {
             filter,
             tables: HashMap::new(),
@@ -75,8 +79,9 @@ impl Reader {
             server,
             seen_fde: false,
             tx: Txn::new(start.gtid.clone()),
-            gtid_set: (!gtids.is_empty()).then(|| gtids.to_string()),
+            gtid_set: start.gtid_set.clone(),
             gtids,
+            mysql_gtids,
             payload: None,
         }
     }
@@ -138,7 +143,16 @@ impl Reader {
                 self.payload = Some((start, end));
             }
             EventData::GtidEvent(g) => {
-                let gtid = format!("{}:{}", uuid(&g.sid()), g.gno());
+                let (sid, tag) = (uuid(&g.sid()), g.tag().map(|t| t.to_string()));
+                let gtid = match &tag {
+                    Some(tag) => format!("{sid}:{tag}:{}", g.gno()),
+                    None => format!("{sid}:{}", g.gno()),
+                };
+                // gno 0: an anonymous transaction (gtid_mode OFF), not in any set
+                if let Some(set) = self.mysql_gtids.as_mut().filter(|_| g.gno() > 0) {
+                    set.add(&sid, tag.as_deref(), g.gno());
+                    self.gtid_set = Some(set.to_string());
+                }
                 // MySQL 8 stamps the commit time (µs) on the GTID event, before the rows.
                 let commit_ms = match g.immediate_commit_timestamp() {
                     0 => ts_ms,

@@ -6,6 +6,7 @@ mod binlog;
 mod compressed;
 pub mod decode;
 mod gtid;
+mod gtid_set;
 pub mod preflight;
 mod resume;
 mod snapshot;
@@ -253,24 +254,39 @@ pub async fn current_position(opts: &mysql_async::Opts) -> Result<BinlogPosition
     use mysql_async::prelude::Queryable;
     let mut conn = mysql_async::Conn::new(opts.clone()).await.map_err(|e| classify(e, opts, "connect"))?;
     // MySQL 8.4 renamed SHOW MASTER STATUS; MariaDB and older MySQL know only the old name.
-    let row: Option<(String, u64)> = match conn.query_first("SHOW BINARY LOG STATUS").await {
-        Ok(r) => r.map(|r: mysql_async::Row| (r.get(0).unwrap_or_default(), r.get(1).unwrap_or_default())),
+    // MySQL's fifth column is the executed GTID set at exactly these coordinates.
+    let fields = |r: mysql_async::Row| {
+        (r.get(0).unwrap_or_default(), r.get(1).unwrap_or_default(), r.get::<Option<String>, _>(4).flatten())
+    };
+    let row: Option<(String, u64, Option<String>)> = match conn.query_first("SHOW BINARY LOG STATUS").await {
+        Ok(r) => r.map(fields),
         Err(_) => conn
             .query_first("SHOW MASTER STATUS")
             .await
             .map_err(|e| classify(e, conn.opts(), "read the binlog position"))?
-            .map(|r: mysql_async::Row| (r.get(0).unwrap_or_default(), r.get(1).unwrap_or_default())),
+            .map(fields),
     };
-    let (file, pos) = row.ok_or_else(|| Error::config("the server has no binary log: set log_bin=ON"))?;
-    let gtid = gtid_at(&mut conn, &file, pos).await;
+    let (file, pos, executed) =
+        row.ok_or_else(|| Error::config("the server has no binary log: set log_bin=ON"))?;
     let server = resume::server(&mut conn).await?;
+    let gtid = match server.mariadb {
+        true => gtid_at(&mut conn, &file, pos).await,
+        false => executed,
+    };
     let _ = conn.disconnect().await;
     Ok(at(file, pos, gtid, &server))
 }
 
-/// A position read from `server` (its identity, and on MariaDB its GTID state `gtid`).
+/// A position read from `server`: its identity, and its GTID state `gtid` (MariaDB: the
+/// state at the coordinates; MySQL: the executed set, kept when GTIDs are on).
 fn at(file: String, pos: u64, gtid: Option<String>, server: &resume::Server) -> BinlogPosition {
-    let gtid_set = gtid.clone().filter(|_| server.mariadb);
+    let gtid_set = match server.mariadb {
+        true => gtid.clone(),
+        false => {
+            gtid.as_deref().and_then(gtid_set::GtidSet::parse).filter(|_| server.gtids).map(|s| s.to_string())
+        }
+    };
+    let gtid = if server.mariadb { gtid } else { None };
     BinlogPosition { file, pos, gtid, gtid_set, server: Some(server.identity.clone()), snapshot: None }
 }
 

@@ -12,6 +12,7 @@
 
 use super::classify;
 use super::gtid::GtidState;
+use super::gtid_set::GtidSet;
 use crate::error::{Error, Kind, Result};
 use crate::position::BinlogPosition;
 use mysql_async::prelude::Queryable;
@@ -23,6 +24,8 @@ pub struct Server {
     pub mariadb: bool,
     /// Identity stored with offsets: MySQL `@@server_uuid`, MariaDB `@@server_id`.
     pub identity: String,
+    /// GTIDs are written (always on MariaDB; MySQL `gtid_mode=ON`).
+    pub gtids: bool,
 }
 
 /// Reads the server's flavour and identity.
@@ -33,20 +36,24 @@ pub async fn server(conn: &mut mysql_async::Conn) -> Result<Server> {
         .map_err(|e| classify(e, conn.opts(), "identify the server"))?
         .unwrap_or_default();
     let mariadb = version.to_ascii_lowercase().contains("mariadb");
-    let identity = match mariadb {
-        true => id.to_string(),
-        false => conn
-            .query_first::<String, _>("SELECT @@server_uuid")
-            .await
-            .map_err(|e| classify(e, conn.opts(), "read @@server_uuid"))?
-            .unwrap_or_default(),
-    };
-    Ok(Server { mariadb, identity })
+    if mariadb {
+        return Ok(Server { mariadb, identity: id.to_string(), gtids: true });
+    }
+    let (identity, mode): (String, String) = conn
+        .query_first("SELECT @@server_uuid, @@GLOBAL.gtid_mode")
+        .await
+        .map_err(|e| classify(e, conn.opts(), "read @@server_uuid and @@gtid_mode"))?
+        .unwrap_or_default();
+    Ok(Server { mariadb, identity, gtids: mode.eq_ignore_ascii_case("ON") })
 }
 
 /// True when `p` is requested by GTID from `server`.
 pub fn by_gtid(server: &Server, p: &BinlogPosition) -> bool {
-    server.mariadb && p.gtid_set.as_deref().and_then(GtidState::parse).is_some_and(|s| !s.is_empty())
+    let Some(set) = p.gtid_set.as_deref() else { return false };
+    match server.mariadb {
+        true => GtidState::parse(set).is_some_and(|s| !s.is_empty()),
+        false => server.gtids && GtidSet::parse(set).is_some_and(|s| !s.is_empty()),
+    }
 }
 
 /// Why the server cannot give `p`, or None when it can (as far as can be proven without
@@ -90,6 +97,9 @@ async fn gtid_missing(
     server: &Server,
     p: &BinlogPosition,
 ) -> Result<Option<String>> {
+    if !server.mariadb {
+        return mysql_gtid_missing(conn, server, p).await;
+    }
     let state: String = conn
         .query_first("SELECT @@GLOBAL.gtid_binlog_state")
         .await
@@ -117,6 +127,38 @@ async fn gtid_missing(
         }
     }
     Ok(None)
+}
+
+/// MySQL: the server purged nothing after the stored set (`gtid_purged` ⊆ stored), and has
+/// every transaction of it (stored ⊆ `gtid_executed`).
+async fn mysql_gtid_missing(
+    conn: &mut mysql_async::Conn,
+    server: &Server,
+    p: &BinlogPosition,
+) -> Result<Option<String>> {
+    // The stored set is hex, digits, tags, ':', '-' and ',' (GtidSet::parse checked it).
+    let stored = GtidSet::parse(p.gtid_set.as_deref().unwrap_or_default()).unwrap_or_default().to_string();
+    let sql = format!(
+        "SELECT GTID_SUBSET(@@GLOBAL.gtid_purged, '{stored}'), GTID_SUBSET('{stored}', @@GLOBAL.gtid_executed), \
+         @@GLOBAL.gtid_purged, @@GLOBAL.gtid_executed"
+    );
+    let (purged_ok, have_all, purged, executed): (i64, i64, String, String) = conn
+        .query_first(sql)
+        .await
+        .map_err(|e| classify(e, conn.opts(), "compare the stored GTID set with the server's"))?
+        .unwrap_or_default();
+    Ok(match (purged_ok, have_all) {
+        (_, 0) => Some(format!(
+            "the stored GTID set {stored} has transactions that server {} never executed (gtid_executed '{executed}'): \
+             it is not a server of the replication topology the position was read from",
+            server.identity
+        )),
+        (0, _) => Some(format!(
+            "server {} purged binlogs with transactions after the stored GTID set {stored} (gtid_purged '{purged}')",
+            server.identity
+        )),
+        _ => None,
+    })
 }
 
 /// The error for a stored position the server cannot give.

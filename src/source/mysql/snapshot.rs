@@ -231,10 +231,10 @@ async fn consistent_start(conn: &mut mysql_async::Conn) -> Result<BinlogPosition
                 .await
                 .map_err(|e| classify(e, &opts, "lock tables for the snapshot (needs RELOAD)"))?;
             conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT").await.map_err(err)?;
+            // The executed GTID set comes with the coordinates, under the lock.
             let p = super::current_position(&conn.opts().clone()).await;
             conn.query_drop("UNLOCK TABLES").await.map_err(err)?;
-            let p = p?;
-            (p.file, p.pos)
+            return p;
         }
     };
     let gtid = gtid_at(conn, &file, pos).await;

@@ -6,6 +6,7 @@
 //! three missed heartbeats mean the connection is dead (a frozen server keeps TCP open).
 
 use super::binlog::Reader;
+use super::gtid_set::GtidSet;
 use super::resume::{self, Server};
 use super::{Filter, Tx, classify, endpoint, is_binlog_read_error};
 use crate::error::{Error, Result};
@@ -37,7 +38,7 @@ pub async fn stream(
     // shared/reference/mariadb-binlog.md); MySQL ignores the variables.
     let mut setup =
         format!("SET @mariadb_slave_capability=4, @master_heartbeat_period={}", HEARTBEAT.as_nanos());
-    if by_gtid {
+    if by_gtid && server.mariadb {
         // Strict: a GTID missing from this server's binlog is an error, not a silent skip.
         let state = start.gtid_set.as_deref().unwrap_or_default().replace('\'', "");
         setup.push_str(&format!(
@@ -46,10 +47,15 @@ pub async fn stream(
     }
     conn.query_drop(setup).await.map_err(|e| classify(e, &opts, "prepare the binlog stream"))?;
     let request = mysql_async::BinlogStreamRequest::new(server_id);
-    // By GTID the server finds the file itself and ignores the coordinates.
-    let request = match by_gtid {
-        true => request.with_filename(b"").with_pos(4u64),
-        false => request.with_filename(start.file.as_bytes()).with_pos(start.pos),
+    // By GTID the server finds the file itself and ignores the coordinates. MySQL takes
+    // the executed set in COM_BINLOG_DUMP_GTID; MariaDB took its state in a variable above.
+    let request = match (by_gtid, server.mariadb) {
+        (true, true) => request.with_filename(b"").with_pos(4u64),
+        (true, false) => {
+            let set = GtidSet::parse(start.gtid_set.as_deref().unwrap_or_default()).unwrap_or_default();
+            request.with_gtid().with_gtid_set(set.sids()).with_filename(b"").with_pos(4u64)
+        }
+        (false, _) => request.with_filename(start.file.as_bytes()).with_pos(start.pos),
     };
     let mut events = match conn.get_binlog_stream(request).await {
         Ok(events) => events,

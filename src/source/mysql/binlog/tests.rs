@@ -6,7 +6,7 @@ use super::*;
 use crate::config::{Config, Flags};
 use mysql_common::binlog::consts::BinlogVersion;
 use mysql_common::binlog::consts::TransactionPayloadCompressionType;
-use mysql_common::binlog::events::{FormatDescriptionEvent, TransactionPayloadEvent};
+use mysql_common::binlog::events::{FormatDescriptionEvent, GtidEvent, TransactionPayloadEvent};
 use mysql_common::proto::MySerialize;
 
 const TS: u32 = 1_700_000_000;
@@ -15,7 +15,7 @@ const TS: u32 = 1_700_000_000;
 fn fde() -> FormatDescriptionEvent<'static> {
     let mut lengths = vec![0u8; 171];
     for (ty, len) in
-        [(2, 13), (4, 8), (15, 84), (16, 0), (19, 8), (23, 8), (24, 8), (25, 8), (30, 10), (31, 10)]
+        [(2, 13), (4, 8), (15, 84), (16, 0), (19, 8), (23, 8), (24, 8), (25, 8), (30, 10), (31, 10), (33, 42)]
     {
         lengths[ty - 1] = len;
     }
@@ -355,4 +355,60 @@ fn events_inside_a_transaction_payload_take_the_payload_position() {
     let SourceMessage::Change(c) = &out[0] else { unreachable!() };
     let Source::Mysql { pos, .. } = c.source else { unreachable!() };
     assert_eq!(pos, 2000 - 19 - body.len() as u64, "the payload event's start");
+}
+
+#[test]
+fn mysql_gtids_grow_the_executed_set_and_stamp_the_commit_time() {
+    const A: &str = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+    let sid: [u8; 16] = *uuid_bytes(A);
+    let gtid_event = |ev: GtidEvent, ty: u8, log_pos: u32| {
+        let mut body = vec![];
+        ev.serialize(&mut body);
+        event(ty, log_pos, &body)
+    };
+    let flags = Flags {
+        source: Some("mysql".into()),
+        source_url: Some("mysql://u@h".into()),
+        tables: Some("shop.*".into()),
+        ..Flags::default()
+    };
+    let mut start = BinlogPosition::new("binlog.000001", 4);
+    start.gtid_set = Some(format!("{A}:1-5"));
+    let mut r = Reader::new(Filter::new(&Config::resolve(&flags).unwrap()), &start, Some(A.into()));
+    let committed_us = 1_700_000_123_456_789u64;
+    let first = GtidEvent::new(sid, 6).with_lc_typecode().with_immediate_commit_timestamp(committed_us);
+    let tag = mysql_common::packets::Tag::new("t1").unwrap();
+    let tagged =
+        GtidEvent::new_tagged(sid, tag, 1).with_lc_typecode().with_immediate_commit_timestamp(committed_us);
+    let mut evs = vec![gtid_event(first, 33, 100), query("BEGIN", 110), table_map(120)];
+    evs.extend([write_rows(&[(1, 0)], 0b11, 130), xid(140)]);
+    evs.extend([
+        gtid_event(tagged, 42, 200),
+        query("BEGIN", 210),
+        table_map(220),
+        write_rows(&[(2, 0)], 0b11, 230),
+    ]);
+    evs.push(xid(240));
+    let out = feed(&mut r, &evs).unwrap();
+    let commits: Vec<String> = summary(&out).into_iter().filter(|s| s.starts_with("commit")).collect();
+    assert_eq!(
+        commits,
+        [
+            format!("commit binlog.000001:140 {A}:1-6 @{A}"),
+            format!("commit binlog.000001:240 {A}:1-6,{A}:t1:1 @{A}")
+        ]
+    );
+    let SourceMessage::Change(c) = &out[0] else { unreachable!() };
+    assert_eq!(c.ts_ms, (committed_us / 1000) as i64, "the commit time, not the rows event's second");
+    let Source::Mysql { gtid, .. } = &c.source else { unreachable!() };
+    assert_eq!(gtid.as_deref(), Some(format!("{A}:6").as_str()));
+    let SourceMessage::Change(c) = &out[2] else { unreachable!() };
+    let Source::Mysql { gtid, .. } = &c.source else { unreachable!() };
+    assert_eq!(gtid.as_deref(), Some(format!("{A}:t1:1").as_str()));
+}
+
+fn uuid_bytes(text: &str) -> Box<[u8; 16]> {
+    let hex: String = text.chars().filter(|c| *c != '-').collect();
+    let v: Vec<u8> = (0..16).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
+    Box::new(v.try_into().unwrap())
 }
