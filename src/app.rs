@@ -99,7 +99,8 @@ pub async fn run(config: &Config, shutdown: Shutdown, retry_budget: Duration) ->
         let result = attempt.await;
         // An attempt that reached streaming made progress even if nothing was stored (an idle
         // database behind a proxy that drops connections must not run out the budget).
-        let streamed = crate::metrics::UP.swap(0, std::sync::atomic::Ordering::Relaxed) == 1;
+        crate::metrics::UP.store(0, std::sync::atomic::Ordering::Relaxed);
+        let streamed = crate::source::STREAMED.swap(false, std::sync::atomic::Ordering::Relaxed);
         let err = match result {
             Ok(Stopped::Shutdown) => {
                 tracing::info!(position = ?store.load()?.map(|p| p.to_string()), "stopped");
@@ -144,8 +145,15 @@ pub async fn run(config: &Config, shutdown: Shutdown, retry_budget: Duration) ->
 /// `cdc check`: prints one line per check; Ok(exit code).
 pub async fn check(config: &Config) -> Result<i32> {
     let store = SledStore::open(&config.state_dir, &config.name);
-    let resume = match &store {
-        Ok(s) => s.load()?,
+    let mut code = 0;
+    let resume = match store.as_ref().map(|s| s.load()) {
+        Ok(Ok(p)) => p,
+        // A store that opens but cannot be read is a state to fix: a FAIL line, exit 78.
+        Ok(Err(e)) => {
+            println!("FAIL  {:<26} {e}", "state directory");
+            code = Kind::Config.exit_code();
+            None
+        }
         Err(e) => {
             println!("warn  state directory: {e}");
             None
@@ -173,7 +181,6 @@ pub async fn check(config: &Config) -> Result<i32> {
             }]
         }
     };
-    let mut code = 0;
     for c in &checks {
         let label = match c.status {
             preflight::Status::Ok => "ok  ",

@@ -232,10 +232,17 @@ impl TablePattern {
         glob(self.0.as_bytes(), format!("{schema}.{table}").as_bytes())
     }
 
-    /// True when some table of `schema` can match (the part before the first `.` matches).
-    pub fn matches_db(&self, schema: &str) -> bool {
+    /// As [`TablePattern::matches`], in any letter case.
+    pub fn matches_ignore_case(&self, schema: &str, table: &str) -> bool {
+        let name = format!("{schema}.{table}").to_lowercase();
+        glob(self.0.to_lowercase().as_bytes(), name.as_bytes())
+    }
+
+    /// True when some table of `schema` can match, in any letter case (the pattern's part
+    /// before its first `.` matches).
+    pub fn matches_db_ignore_case(&self, schema: &str) -> bool {
         let db_part = self.0.split_once('.').map_or(self.0.as_str(), |(d, _)| d);
-        glob(db_part.as_bytes(), schema.as_bytes())
+        glob(db_part.to_lowercase().as_bytes(), schema.to_lowercase().as_bytes())
     }
 }
 

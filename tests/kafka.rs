@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-static KAFKA: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+pub static KAFKA: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 const T: Duration = Duration::from_secs(90);
 
 /// The Java client's murmur2 (`Utils.murmur2`), written from its definition.
@@ -158,7 +158,7 @@ fn kafka_args(prefix: &str) -> Vec<String> {
     .collect()
 }
 
-fn start(dir: &std::path::Path, tables: &str, prefix: &str) -> Running {
+pub fn start(dir: &std::path::Path, tables: &str, prefix: &str) -> Running {
     let args = kafka_args(prefix);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Running::mysql(dir, tables, &args)
@@ -256,7 +256,7 @@ fn testbed(args: &[&str]) {
     assert!(out.status.success(), "testbed {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn broker_pid() -> String {
+pub fn broker_pid() -> String {
     let pidfile =
         std::env::var("CDC_TEST_KAFKA_PIDFILE").unwrap_or_else(|_| "/tmp/cdc-testbed/kafka/kafka.pid".into());
     std::fs::read_to_string(pidfile).unwrap().trim().to_owned()

@@ -12,5 +12,6 @@ mod mysql_restarts;
 mod mysql_shapes;
 mod mysql_tls;
 mod mysql_types;
+mod run_loop;
 mod support;
 mod testbed;

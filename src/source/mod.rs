@@ -7,6 +7,10 @@ use crate::position::Position;
 
 pub mod mysql;
 
+/// Set by a source when its change stream delivered a first event in the current attempt:
+/// the run loop counts such an attempt as progress, and resets this before the next one.
+pub static STREAMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// What a source yields.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceMessage {

@@ -62,8 +62,11 @@ pub struct Reader {
     mysql_gtids: Option<GtidSet>,
     gtid_set: Option<String>,
     /// Inside a MySQL TRANSACTION_PAYLOAD: the payload event's (start, end), which the
-    /// inner events (with `log_pos` 0) take as theirs.
+    /// inner events (with `log_pos` 0) take as theirs, and whether any arrived.
     payload: Option<(u64, u64)>,
+    payload_read: bool,
+    /// The GTID set before the current transaction (MySQL adds a GTID at its GTID event).
+    gtid_set_before: Option<String>,
 }
 
 impl Reader {
@@ -83,6 +86,8 @@ impl Reader {
             gtids,
             mysql_gtids,
             payload: None,
+            payload_read: false,
+            gtid_set_before: None,
         }
     }
 
@@ -94,14 +99,28 @@ impl Reader {
     /// Handles one event, appending what it produces to `out`.
     pub fn on_event(&mut self, ev: &Event, out: &mut Vec<SourceMessage>) -> Result<()> {
         let header = ev.header();
-        let raw_type = header.event_type_raw();
         let (start, end) = match (header.log_pos(), self.payload) {
-            (0, Some(inside)) => inside,
-            (log_pos, _) => {
+            (0, Some(inside)) => {
+                self.payload_read = true;
+                inside
+            }
+            (log_pos, payload) => {
+                if payload.is_some() && !std::mem::take(&mut self.payload_read) {
+                    // mysql_async hands over no inner event when it cannot decompress one.
+                    return Err(self
+                        .malformed(start_of(ev), "a compressed transaction payload gave no events before"));
+                }
                 self.payload = None;
-                (u64::from(log_pos).saturating_sub(header.event_size() as u64), log_pos as u64)
+                (start_of(ev), log_pos as u64)
             }
         };
+        self.handle(ev, start, end, out)
+    }
+
+    /// Handles `ev`, which lies at `start..end` of the current file.
+    fn handle(&mut self, ev: &Event, start: u64, end: u64, out: &mut Vec<SourceMessage>) -> Result<()> {
+        let header = ev.header();
+        let raw_type = header.event_type_raw();
         if raw_type == MARIADB_GTID {
             return self.on_mariadb_gtid(ev.data(), header.server_id(), header.timestamp(), start);
         }
@@ -113,7 +132,7 @@ impl Reader {
             let plain = compressed::decompress(ev).map_err(|why| {
                 self.malformed(start, format!("cannot decompress a MariaDB compressed event: {why}"))
             })?;
-            return self.on_event(&plain, out);
+            return self.handle(&plain, start, end, out); // the compressed event's coordinates
         }
         let data =
             ev.read_data().map_err(|e| self.malformed(start, "malformed binlog event").with_source(e))?;
@@ -135,12 +154,13 @@ impl Reader {
                 }
             }
             EventData::TransactionPayloadEvent(p) => {
-                // mysql_async yields the inner events next; a payload it cannot read would
-                // silently lose them, so check it here.
+                // mysql_async yields the inner events next (none when it cannot decompress:
+                // the next event outside the payload then stops the run).
                 p.decompressed().map_err(|e| {
                     self.malformed(start, "unreadable compressed transaction payload").with_source(e)
                 })?;
                 self.payload = Some((start, end));
+                self.payload_read = false;
             }
             EventData::GtidEvent(g) => {
                 let (sid, tag) = (uuid(&g.sid()), g.tag().map(|t| t.to_string()));
@@ -148,6 +168,8 @@ impl Reader {
                     Some(tag) => format!("{sid}:{tag}:{}", g.gno()),
                     None => format!("{sid}:{}", g.gno()),
                 };
+                // The position before this transaction, for an XA body that may follow.
+                self.gtid_set_before = self.gtid_set.clone();
                 // gno 0: an anonymous transaction (gtid_mode OFF), not in any set
                 if let Some(set) = self.mysql_gtids.as_mut().filter(|_| g.gno() > 0) {
                     set.add(&sid, tag.as_deref(), g.gno());
@@ -159,6 +181,11 @@ impl Reader {
                     us => (us / 1000) as i64,
                 };
                 self.tx.begin(start, Some(gtid.into()), Some(commit_ms));
+            }
+            EventData::AnonymousGtidEvent(_) => {
+                // MySQL with gtid_mode=OFF: a transaction starts, with no GTID of its own.
+                self.gtid_set_before = self.gtid_set.clone();
+                self.tx.begin(start, None, None);
             }
             EventData::TableMapEvent(tme) => {
                 let id = tme.table_id();
@@ -184,11 +211,21 @@ impl Reader {
                 let sql = q.query();
                 match statement::control(&sql) {
                     Control::Begin => self.tx.open(start, q.thread_id()),
-                    Control::Commit | Control::Rollback => self.end_tx(end, out),
+                    Control::Commit => self.end_tx(end, out),
+                    Control::Rollback => {
+                        // Held rows (after a savepoint) were undone; rows already sent were
+                        // non-transactional ones, which a ROLLBACK cannot undo.
+                        self.tx.drop_held();
+                        self.end_tx(end, out);
+                    }
                     Control::Savepoint => self.tx.savepoint(&sql),
                     Control::XaStart(xid) => {
-                        // MySQL: the body follows its GTID event, where a re-read must begin
-                        let at = self.commit_at(self.tx.start());
+                        // MySQL: the body follows its GTID event, where a re-read must begin,
+                        // with the GTID set from before it.
+                        let mut at = self.commit_at(self.tx.start());
+                        if let SourceMessage::Commit(Position::Mysql(p)) = &mut at {
+                            p.gtid_set = self.gtid_set_before.clone();
+                        }
                         self.tx.open(start, q.thread_id());
                         self.tx.xa_start(xid, at);
                     }
@@ -444,6 +481,12 @@ impl Reader {
             statement::updated_dbs(status_vars).unwrap_or_else(|| statement::named_dbs(sql, default_db));
         dbs.into_iter().find(|db| self.filter.captures_db(db)).map(|db| format!("a table of {db}"))
     }
+}
+
+/// Where `ev` starts in its file.
+fn start_of(ev: &Event) -> u64 {
+    let h = ev.header();
+    u64::from(h.log_pos()).saturating_sub(h.event_size() as u64)
 }
 
 /// The file name of the rotate that opens a stream. It arrives before the format

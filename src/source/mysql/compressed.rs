@@ -30,7 +30,8 @@ fn plain_type(compressed: u8) -> u8 {
 /// a zlib stream.
 pub fn uncompress(part: &[u8]) -> Result<Vec<u8>, String> {
     let (&first, rest) = part.split_first().ok_or("empty compressed part")?;
-    if first & 0xe0 != 0x80 {
+    // bit 7 set, bits 4-6 the algorithm (0: zlib), bits 0-2 the length's length
+    if first & 0xf0 != 0x80 {
         return Err(format!("unknown compression header byte {first:#04x} (only zlib is known)"));
     }
     let n = (first & 0x07) as usize;

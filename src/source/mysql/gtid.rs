@@ -77,6 +77,23 @@ pub fn xid_text(format: i64, gtrid: &[u8], bqual: &[u8]) -> String {
     format!("X'{}',X'{}',{format}", hex(gtrid), hex(bqual))
 }
 
+/// Parses a list of GTIDs, `0-1-15,0-2-7` (`@@gtid_binlog_state` lists one per domain and
+/// server); None when an entry is not a MariaDB GTID.
+pub fn parse_list(s: &str) -> Option<Vec<Gtid>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|part| {
+            let mut it = part.splitn(3, '-');
+            Some(Gtid {
+                domain: it.next()?.parse().ok()?,
+                server: it.next()?.parse().ok()?,
+                seq: it.next()?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
 /// The GTID state of a MariaDB replication topology: the last GTID per domain, sorted by
 /// domain.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -86,13 +103,7 @@ impl GtidState {
     /// Parses `0-1-15,1-2-7` (spaces and newlines allowed, as MariaDB prints long states).
     pub fn parse(s: &str) -> Option<GtidState> {
         let mut state = GtidState::default();
-        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let mut it = part.splitn(3, '-');
-            let gtid = Gtid {
-                domain: it.next()?.parse().ok()?,
-                server: it.next()?.parse().ok()?,
-                seq: it.next()?.parse().ok()?,
-            };
+        for gtid in parse_list(s)? {
             state.record(gtid);
         }
         Some(state)

@@ -55,16 +55,17 @@ impl Filter {
 
     /// As [`Filter::captures`], but also true when the names match in another letter case
     /// (a statement's text under `lower_case_table_names` need not spell them as stored).
+    /// Excludes are ignored: erring towards "captured" only ever stops the run.
     pub fn captures_ignore_case(&self, db: &str, table: &str) -> bool {
-        self.captures(db, table) || self.captures(&db.to_lowercase(), &table.to_lowercase())
+        self.captures(db, table)
+            || (!is_system(&db.to_lowercase())
+                && (self.tables.is_empty() || self.tables.iter().any(|p| p.matches_ignore_case(db, table))))
     }
 
     /// True when some table of `db` may be captured (any letter case).
     pub fn captures_db(&self, db: &str) -> bool {
-        let lower = db.to_lowercase();
-        [db, lower.as_str()]
-            .iter()
-            .any(|d| !is_system(d) && (self.tables.is_empty() || self.tables.iter().any(|p| p.matches_db(d))))
+        !is_system(&db.to_lowercase())
+            && (self.tables.is_empty() || self.tables.iter().any(|p| p.matches_db_ignore_case(db)))
     }
 }
 
@@ -168,7 +169,8 @@ pub fn classify(e: mysql_async::Error, opts: &mysql_async::Opts, doing: &str) ->
             ),
             _ => (Kind::Unavailable, "will retry"),
         };
-        let msg = format!("MySQL error {} from {at} while trying to {doing}: {}: {hint}", s.code, s.message);
+        // The server's own words follow in the cause (`report` prints the chain).
+        let msg = format!("MySQL error {} from {at} while trying to {doing}: {hint}", s.code);
         return Error::new(kind, msg).with_source(e);
     }
     Error::unavailable(format!("cannot {doing}: the database at {at} is unreachable")).with_source(e)

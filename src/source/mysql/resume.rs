@@ -105,18 +105,10 @@ async fn gtid_missing(
         .await
         .map_err(|e| classify(e, conn.opts(), "read @@gtid_binlog_state"))?
         .unwrap_or_default();
-    let have: Vec<(u32, u32, u64)> = state
-        .split(',')
-        .filter_map(|g| {
-            let mut it = g.trim().splitn(3, '-');
-            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-        })
-        .collect();
+    let have = super::gtid::parse_list(&state).unwrap_or_default();
     let stored = p.gtid_set.as_deref().unwrap_or_default();
-    for g in stored.split(',').map(str::trim).filter(|g| !g.is_empty()) {
-        let mut it = g.splitn(3, '-').map(|n| n.parse::<u64>().unwrap_or(u64::MAX));
-        let (d, s, n) = (it.next().unwrap_or(0), it.next().unwrap_or(0), it.next().unwrap_or(0));
-        let found = have.iter().any(|&(hd, hs, hn)| hd as u64 == d && hs as u64 == s && hn >= n);
+    for g in super::gtid::parse_list(stored).unwrap_or_default() {
+        let found = have.iter().any(|h| h.domain == g.domain && h.server == g.server && h.seq >= g.seq);
         if !found {
             return Ok(Some(format!(
                 "the stored GTID {g} (of state {stored}) is not in the binlog history of server {} (gtid_binlog_state \

@@ -40,7 +40,9 @@ pub async fn stream(
         format!("SET @mariadb_slave_capability=4, @master_heartbeat_period={}", HEARTBEAT.as_nanos());
     if by_gtid && server.mariadb {
         // Strict: a GTID missing from this server's binlog is an error, not a silent skip.
-        let state = start.gtid_set.as_deref().unwrap_or_default().replace('\'', "");
+        // Rebuilt from its parsed form: digits, '-' and ',' only.
+        let state =
+            super::gtid::GtidState::parse(start.gtid_set.as_deref().unwrap_or_default()).unwrap_or_default();
         setup.push_str(&format!(
             ", @slave_connect_state='{state}', @slave_gtid_strict_mode=1, @slave_gtid_ignore_duplicates=0"
         ));
@@ -67,13 +69,15 @@ pub async fn stream(
             tracing::info!(file = %start.file, pos = start.pos, server = %server.identity, "streaming the binlog")
         }
     }
-    crate::metrics::UP.store(1, std::sync::atomic::Ordering::Relaxed);
     let mut reader = Reader::new(filter, &start, Some(server.identity.clone()));
     let mut out = Vec::with_capacity(64);
     // The start position is stored at once, so changes made while cdc is down are found.
     if tx.send(Ok(vec![SourceMessage::Commit(Position::Mysql(start.clone()))])).await.is_err() {
         return Ok(());
     }
+    // The last position sent: what a read error must prove lost, not the start.
+    let mut last = start.clone();
+    let mut first = true;
     loop {
         let ev = match tokio::time::timeout(HEARTBEAT * 3, events.next()).await {
             Err(_) => {
@@ -86,15 +90,26 @@ pub async fn stream(
             Ok(None) => {
                 return Err(Error::unavailable(format!("{} closed the binlog stream", endpoint(&opts))));
             }
-            Ok(Some(Err(e))) => return Err(read_error(e, &opts, &server, &start).await),
+            Ok(Some(Err(e))) => return Err(read_error(e, &opts, &server, &last).await),
             Ok(Some(Ok(ev))) => ev,
         };
+        if std::mem::take(&mut first) {
+            // The server accepted the request (errors such as 1236 come with the first read).
+            crate::metrics::UP.store(1, std::sync::atomic::Ordering::Relaxed);
+            crate::source::STREAMED.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         if ev.header().event_type() == Ok(EventType::HEARTBEAT_EVENT) {
             continue;
         }
         reader.on_event(&ev, &mut out)?;
         if let Some(SourceMessage::Change(c)) = out.last() {
             crate::metrics::LAST_SOURCE_TS_MS.store(c.ts_ms, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(p) = out.iter().rev().find_map(|m| match m {
+            SourceMessage::Commit(Position::Mysql(p)) => Some(p),
+            _ => None,
+        }) {
+            last.clone_from(p);
         }
         // One channel message per binlog event, not per row.
         if !out.is_empty() && tx.send(Ok(std::mem::replace(&mut out, Vec::with_capacity(64)))).await.is_err()
@@ -105,34 +120,47 @@ pub async fn stream(
 }
 
 /// A binlog read error. Error 1236 is "position lost" (66) only when a fresh look at the
-/// server proves it ([`resume::missing`]); otherwise it stays retryable, with the server's
-/// words.
+/// server proves it ([`resume::missing`]), or when the server refused a GTID request in
+/// words that say the GTIDs are not there; a failed proof or any other 1236 stays
+/// retryable, with the server's words.
 async fn read_error(
     e: mysql_async::Error,
     opts: &mysql_async::Opts,
     server: &Server,
-    start: &BinlogPosition,
+    at: &BinlogPosition,
 ) -> Error {
     if !is_binlog_read_error(&e) {
         return classify(e, opts, "read the binlog");
     }
     let proof = async {
         let mut conn = mysql_async::Conn::new(opts.clone()).await.ok()?;
-        let why = resume::missing(&mut conn, server, start).await.ok()?;
+        let why = resume::missing(&mut conn, server, at).await.ok();
         let _ = conn.disconnect().await;
         why
     };
+    let message = match &e {
+        mysql_async::Error::Server(s) => s.message.clone(),
+        _ => String::new(),
+    };
     match proof.await {
-        Some(why) => resume::lost(start, &why).with_source(e),
-        None if resume::by_gtid(server, start) => {
-            // The dump refused the GTID state although the history seems to hold it (a hole
-            // in the binlog, or purged files): the server's message is the proof.
-            let msg = match &e {
-                mysql_async::Error::Server(s) => s.message.clone(),
-                _ => String::new(),
-            };
-            resume::lost(start, &format!("{} refused it: {msg}", endpoint(opts))).with_source(e)
+        Some(Some(why)) => resume::lost(at, &why),
+        Some(None) if resume::by_gtid(server, at) && gtid_refusal(&message) => {
+            resume::lost(at, &format!("{} refused it: {message}", endpoint(opts)))
         }
-        None => classify(e, opts, "read the binlog"),
+        _ => classify(e, opts, "read the binlog"),
     }
+}
+
+/// The server's words for "the GTIDs you ask for are not in my binlog" (MariaDB 1236 texts
+/// of ER_GTID_POSITION_NOT_FOUND_IN_BINLOG(2), ER_GTID_START_FROM_BINLOG_HOLE and the purged
+/// state; MySQL's "purged binary logs containing GTIDs").
+fn gtid_refusal(message: &str) -> bool {
+    [
+        "not in the master's binlog",
+        "missing the GTID",
+        "Could not find GTID state",
+        "purged binary logs containing GTIDs",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
 }

@@ -38,6 +38,8 @@ pub struct Txn {
     /// Thread id of the writing session, when known.
     pub thread: Option<u32>,
     start: u64,
+    /// A GTID (or BEGIN) opened the current group; cleared at its end.
+    began: bool,
     order: u64,
     /// Changes per table in the open transaction (few tables: a scan beats hashing names).
     per_table: PerTable,
@@ -63,6 +65,7 @@ impl Txn {
 
     /// A new transaction group starts at `start` (a GTID event, or BEGIN without one).
     pub fn begin(&mut self, start: u64, gtid: Option<Arc<str>>, commit_ms: Option<i64>) {
+        self.began = true;
         self.start = start;
         self.order = 0;
         self.per_table.clear();
@@ -74,11 +77,17 @@ impl Txn {
 
     /// BEGIN: the transaction spans several events.
     pub fn open(&mut self, start: u64, thread: u32) {
-        if !self.in_tx && self.order == 0 && self.commit_ms.is_none() {
-            self.start = start; // no GTID event before it
+        if !self.began {
+            self.begin(start, None, None); // no GTID event before it
         }
         self.in_tx = true;
         self.thread = Some(thread);
+    }
+
+    /// ROLLBACK: the held changes were undone.
+    pub fn drop_held(&mut self) {
+        self.held.clear();
+        self.savepoints.clear();
     }
 
     /// The start of an XA body with `xid`; `at` is the position before it.
@@ -174,6 +183,7 @@ impl Txn {
         self.savepoints.clear();
         self.holding = false;
         self.in_tx = false;
+        self.began = false;
         self.thread = None;
         out.push(self.capped(here));
     }

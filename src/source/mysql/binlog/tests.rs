@@ -282,6 +282,17 @@ fn rows_rolled_back_to_a_savepoint_are_dropped() {
     );
     let SourceMessage::Change(c) = &out[1] else { unreachable!() };
     assert_eq!(c.transaction.as_ref().unwrap().total_order, 2, "order continues from the savepoint");
+    // A full ROLLBACK: the rows held since the savepoint were undone too.
+    let evs = [
+        gtid(6, 4, &[], 200),
+        query("BEGIN", 210),
+        table_map(220),
+        query("SAVEPOINT `s1`", 230),
+        write_rows(&[(5, 0)], 0b11, 240),
+        query("ROLLBACK", 250),
+    ];
+    let out = feed(&mut r, &evs).unwrap();
+    assert_eq!(summary(&out), ["commit binlog.000001:250 0-1-6 @1"]);
 }
 
 #[test]
@@ -309,6 +320,8 @@ fn statement_logged_dml_is_judged_by_what_it_can_change() {
     assert!(stop("shop.t", "INSERT INTO other VALUES (1)", &[]).is_none(), "another table of the database");
     assert!(stop("crm.*", "UPDATE t1 JOIN crm.t2 USING (id) SET t1.a = 1", &[]).is_some());
     assert!(stop("shop.T", "update T set v = 1", &[]).is_some());
+    assert!(stop("Shop.T", "update shop.t set v = 1", &[]).is_some(), "lower_case_table_names");
+    assert!(stop("Shop.*", "UPDATE a JOIN b SET a.v = 1", &[]).is_some());
     // MySQL says which databases changed (Q_UPDATED_DB_NAMES): only "crm" here.
     let crm = [12, 1, b'c', b'r', b'm', 0];
     assert!(stop("shop.*", "WITH c AS (SELECT 1) UPDATE crm.t JOIN c SET v = 1", &crm).is_none());
@@ -335,6 +348,9 @@ fn mariadb_compressed_query_and_rows_events_decode_as_plain_ones() {
         summary(&out),
         ["c Int(1) in binlog.000001", "c Int(2) in binlog.000001", "commit binlog.000001:140 0-1-5 @1"]
     );
+    let SourceMessage::Change(c) = &out[0] else { unreachable!() };
+    let Source::Mysql { pos, .. } = c.source else { unreachable!() };
+    assert_eq!(pos, 130 - 19 - rows.len() as u64, "the compressed event's own start");
     let mut bad = rows.clone();
     bad.truncate(rows.len() - 3);
     let err = feed(&mut reader("shop.*"), &[table_map(120), event(166, 130, &bad)]).unwrap_err();
@@ -355,6 +371,10 @@ fn events_inside_a_transaction_payload_take_the_payload_position() {
     let SourceMessage::Change(c) = &out[0] else { unreachable!() };
     let Source::Mysql { pos, .. } = c.source else { unreachable!() };
     assert_eq!(pos, 2000 - 19 - body.len() as u64, "the payload event's start");
+    // A payload mysql_async could not decompress yields no inner events: never skipped.
+    let err =
+        feed(&mut r, &[gtid(6, 4, &[], 2100), event(40, 2200, &body), gtid(7, 4, &[], 2300)]).unwrap_err();
+    assert!(err.to_string().contains("payload gave no events"), "{err}");
 }
 
 #[test]
@@ -411,4 +431,69 @@ fn uuid_bytes(text: &str) -> Box<[u8; 16]> {
     let hex: String = text.chars().filter(|c| *c != '-').collect();
     let v: Vec<u8> = (0..16).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
     Box::new(v.try_into().unwrap())
+}
+
+#[test]
+fn transactions_without_gtids_get_their_own_ids_and_order() {
+    let anonymous = |log_pos| {
+        let ev =
+            mysql_common::binlog::events::AnonymousGtidEvent(GtidEvent::new([0; 16], 0).with_lc_typecode());
+        let mut body = vec![];
+        ev.serialize(&mut body);
+        event(34, log_pos, &body)
+    };
+    let mut r = reader("shop.*");
+    let mut evs = vec![
+        anonymous(100),
+        query("BEGIN", 110),
+        table_map(120),
+        write_rows(&[(1, 0), (2, 0)], 0b11, 130),
+        xid(140),
+    ];
+    evs.extend([
+        anonymous(200),
+        query("BEGIN", 210),
+        table_map(220),
+        write_rows(&[(3, 0)], 0b11, 230),
+        xid(240),
+    ]);
+    let out = feed(&mut r, &evs).unwrap();
+    let tx: Vec<(String, u64)> = out
+        .iter()
+        .filter_map(|m| match m {
+            SourceMessage::Change(c) => c.transaction.as_ref().map(|t| (t.id.to_string(), t.total_order)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tx[0].1, 1);
+    assert_eq!(tx[1].1, 2);
+    assert_eq!(tx[2].1, 1, "order starts again: {tx:?}");
+    assert_ne!(tx[0].0, tx[2].0, "each transaction has its own id: {tx:?}");
+}
+
+#[test]
+fn a_mysql_xa_body_is_re_read_from_the_gtid_set_before_it() {
+    const A: &str = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+    let flags = Flags {
+        source: Some("mysql".into()),
+        source_url: Some("mysql://u@h".into()),
+        tables: Some("shop.*".into()),
+        ..Flags::default()
+    };
+    let mut start = BinlogPosition::new("binlog.000001", 4);
+    start.gtid_set = Some(format!("{A}:1-5"));
+    let mut r = Reader::new(Filter::new(&Config::resolve(&flags).unwrap()), &start, Some(A.into()));
+    let mut body = vec![];
+    GtidEvent::new(*uuid_bytes(A), 6).with_lc_typecode().serialize(&mut body);
+    let evs = [
+        event(33, 100, &body),
+        query("XA START X'78',X'',1", 110),
+        table_map(120),
+        write_rows(&[(1, 0)], 0b11, 130),
+        query("XA END X'78',X'',1", 140),
+        event(38, 150, &[0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, b'x']),
+    ];
+    let out = feed(&mut r, &evs).unwrap();
+    let at = 100 - 19 - body.len() as u64;
+    assert_eq!(summary(&out), [format!("commit binlog.000001:{at} {A}:1-5 @{A}")], "not {A}:1-6");
 }
