@@ -47,6 +47,25 @@ pub struct BinlogPosition {
     /// Set while the initial snapshot is incomplete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotProgress>,
+    /// Set while an XA transaction is prepared but not committed: where a restart must read
+    /// from to find its rows again (before the oldest such PREPARE). The coordinates above
+    /// stay those of the last delivered transaction; what lies between is read again but
+    /// not delivered again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_from: Option<Box<ReplayFrom>>,
+}
+
+/// Where to read from again, and the GTID state there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayFrom {
+    /// Binlog file.
+    pub file: String,
+    /// Byte offset in `file`.
+    pub pos: u64,
+    /// The GTID state at `pos` (as `BinlogPosition::gtid_set`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gtid_set: Option<String>,
 }
 
 /// How far an initial snapshot got: the tables fully read and the last key read of the
@@ -79,7 +98,29 @@ pub struct PgPosition {
 impl BinlogPosition {
     /// Position `pos` in `file`, without GTID or snapshot.
     pub fn new(file: impl Into<String>, pos: u64) -> Self {
-        BinlogPosition { file: file.into(), pos, gtid: None, gtid_set: None, server: None, snapshot: None }
+        BinlogPosition {
+            file: file.into(),
+            pos,
+            gtid: None,
+            gtid_set: None,
+            server: None,
+            snapshot: None,
+            replay_from: None,
+        }
+    }
+
+    /// The position to ask the server for: `replay_from` when set, else this one.
+    pub fn request(&self) -> BinlogPosition {
+        match &self.replay_from {
+            None => self.clone(),
+            Some(r) => BinlogPosition {
+                file: r.file.clone(),
+                pos: r.pos,
+                gtid_set: r.gtid_set.clone(),
+                replay_from: None,
+                ..self.clone()
+            },
+        }
     }
 
     /// `(base name, numeric suffix)` of the file, when it has a numeric suffix.
@@ -140,6 +181,9 @@ impl fmt::Display for Position {
                 }
                 if let Some(s) = &p.snapshot {
                     write!(f, " (snapshot: {} chunks done)", s.chunks)?;
+                }
+                if let Some(r) = &p.replay_from {
+                    write!(f, " (an XA transaction is prepared: reading again from {}:{})", r.file, r.pos)?;
                 }
                 Ok(())
             }

@@ -28,7 +28,7 @@ use super::statement::{self, Control};
 use super::txn::Txn;
 use crate::error::{Error, Kind, Result};
 use crate::event::{ChangeEvent, Op, Snapshot, Source, Table};
-use crate::position::{BinlogPosition, Position};
+use crate::position::BinlogPosition;
 use crate::source::SourceMessage;
 use mysql_common::binlog::events::{Event, EventData, RowsEventData};
 use mysql_common::io::ParseBuf;
@@ -45,7 +45,7 @@ pub const MAX_HELD_CHANGES: usize = 200_000;
 
 /// Decoding state carried between events.
 pub struct Reader {
-    filter: Filter,
+    pub(super) filter: Filter,
     /// Table maps by table id; None for tables not captured. Keeps the raw event bytes so an
     /// unchanged table map (sent before every transaction) reuses the same `Arc<Table>`.
     tables: HashMap<u64, (Vec<u8>, Option<Arc<TableInfo>>)>,
@@ -67,11 +67,29 @@ pub struct Reader {
     payload_read: bool,
     /// The GTID set before the current transaction (MySQL adds a GTID at its GTID event).
     gtid_set_before: Option<String>,
+    /// Reading again from before a prepared XA transaction, up to the stored position.
+    replay: Option<Replay>,
+}
+
+/// What was delivered before a restart that reads again from `replay_from`.
+struct Replay {
+    /// The stored position (the last delivered transaction).
+    delivered: BinlogPosition,
+    /// Its GTID state, MariaDB or MySQL.
+    mariadb: GtidState,
+    mysql: Option<GtidSet>,
 }
 
 impl Reader {
     /// A reader starting at `start`, on the server named `server` (stored with every offset).
+    /// With `start.replay_from` it reads from there and delivers nothing up to `start`.
     pub fn new(filter: Filter, start: &BinlogPosition, server: Option<String>) -> Self {
+        let replay = start.replay_from.as_ref().map(|_| Replay {
+            delivered: BinlogPosition { replay_from: None, ..start.clone() },
+            mariadb: start.gtid_set.as_deref().and_then(GtidState::parse).unwrap_or_default(),
+            mysql: start.gtid_set.as_deref().and_then(GtidSet::parse),
+        });
+        let start = &start.request();
         let gtids = start.gtid_set.as_deref().and_then(GtidState::parse).unwrap_or_default();
         let mysql_gtids = start.gtid_set.as_deref().and_then(GtidSet::parse);
         Reader {
@@ -88,6 +106,7 @@ impl Reader {
             payload: None,
             payload_read: false,
             gtid_set_before: None,
+            replay,
         }
     }
 
@@ -149,8 +168,8 @@ impl Reader {
                     false => r.name().into_owned().into(),
                 };
                 self.tables.clear();
-                if !opening && !self.tx.in_tx {
-                    out.push(self.tx.capped(self.commit_at(r.position())));
+                if !opening && !self.tx.in_tx && self.replay.is_none() {
+                    out.push(self.tx.capped(self.position_at(r.position())));
                 }
             }
             EventData::TransactionPayloadEvent(p) => {
@@ -181,11 +200,17 @@ impl Reader {
                     us => (us / 1000) as i64,
                 };
                 self.tx.begin(start, Some(gtid.into()), Some(commit_ms));
+                let delivered = self
+                    .replay
+                    .as_ref()
+                    .map(|r| r.mysql.as_ref().is_some_and(|s| s.contains(&sid, tag.as_deref(), g.gno())));
+                self.replayed(start, delivered);
             }
             EventData::AnonymousGtidEvent(_) => {
                 // MySQL with gtid_mode=OFF: a transaction starts, with no GTID of its own.
                 self.gtid_set_before = self.gtid_set.clone();
                 self.tx.begin(start, None, None);
+                self.replayed(start, None);
             }
             EventData::TableMapEvent(tme) => {
                 let id = tme.table_id();
@@ -210,7 +235,13 @@ impl Reader {
             EventData::QueryEvent(q) => {
                 let sql = q.query();
                 match statement::control(&sql) {
-                    Control::Begin => self.tx.open(start, q.thread_id()),
+                    Control::Begin => {
+                        let fresh = !self.tx.began();
+                        self.tx.open(start, q.thread_id());
+                        if fresh {
+                            self.replayed(start, None); // a BEGIN without a GTID event before it
+                        }
+                    }
                     Control::Commit => self.end_tx(end, out),
                     Control::Rollback => {
                         // Held rows (after a savepoint) were undone; rows already sent were
@@ -222,10 +253,8 @@ impl Reader {
                     Control::XaStart(xid) => {
                         // MySQL: the body follows its GTID event, where a re-read must begin,
                         // with the GTID set from before it.
-                        let mut at = self.commit_at(self.tx.start());
-                        if let SourceMessage::Commit(Position::Mysql(p)) = &mut at {
-                            p.gtid_set = self.gtid_set_before.clone();
-                        }
+                        let mut at = self.position_at(self.tx.start());
+                        at.gtid_set = self.gtid_set_before.clone();
                         self.tx.open(start, q.thread_id());
                         self.tx.xa_start(xid, at);
                     }
@@ -275,11 +304,13 @@ impl Reader {
             return Err(self.malformed(start, "malformed MariaDB GTID event"));
         };
         // Where a restart must begin to read this group again: before its GTID.
-        let before = ev.prepared_xa.is_some().then(|| self.commit_at(start));
+        let before = ev.prepared_xa.is_some().then(|| self.position_at(start));
         // MariaDB writes the GTID event at commit, with the commit time (rows carry each
         // statement's start time).
         self.tx.begin(start, Some(ev.gtid.to_string().into()), Some(ts as i64 * 1000));
         self.record(ev.gtid);
+        let delivered = self.replay.as_ref().map(|r| r.mariadb.covers(&ev.gtid));
+        self.replayed(start, delivered);
         self.tx.in_tx = !ev.standalone;
         if let (Some(xid), Some(at)) = (ev.prepared_xa, before) {
             self.tx.xa_start(xid, at);
@@ -305,21 +336,36 @@ impl Reader {
     }
 
     /// A `Commit` at `pos` of the current file with the current GTID state.
-    fn commit_at(&self, pos: u64) -> SourceMessage {
-        SourceMessage::Commit(Position::Mysql(BinlogPosition {
-            file: self.file.to_string(),
-            pos,
+    fn position_at(&self, pos: u64) -> BinlogPosition {
+        BinlogPosition {
             gtid: self.tx.gtid.as_deref().map(String::from),
             gtid_set: self.gtid_set.clone(),
             server: self.server.clone(),
-            snapshot: None,
-        }))
+            ..BinlogPosition::new(self.file.to_string(), pos)
+        }
+    }
+
+    /// While replaying (reading again after a restart with a prepared XA transaction): is
+    /// the group starting at `start` one delivered before the restart? `delivered` is the
+    /// GTID answer where the group has a GTID the stored state can judge; otherwise its
+    /// coordinates decide (on the server the offset was read from). The first group after
+    /// the stored position ends the replay.
+    fn replayed(&mut self, start: u64, delivered: Option<bool>) {
+        let Some(replay) = &self.replay else { return };
+        let before = match delivered {
+            Some(d) => d,
+            None => self.position_at(start).partial_cmp(&replay.delivered) == Some(std::cmp::Ordering::Less),
+        };
+        self.tx.replaying = before;
+        if !before {
+            self.replay = None;
+        }
     }
 
     /// The transaction ends at `end`: its held changes go out, then the commit (or, while an
     /// XA transaction is prepared, the position of the oldest one).
     fn end_tx(&mut self, end: u64, out: &mut Vec<SourceMessage>) {
-        let here = self.commit_at(end);
+        let here = self.position_at(end);
         self.tx.end(here, out);
     }
 

@@ -117,6 +117,11 @@ impl GtidState {
         }
     }
 
+    /// True when `gtid` is at or before the state's GTID of its domain.
+    pub fn covers(&self, gtid: &Gtid) -> bool {
+        self.0.iter().any(|g| g.domain == gtid.domain && g.seq >= gtid.seq)
+    }
+
     /// True when no domain is known.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

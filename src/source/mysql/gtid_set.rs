@@ -92,6 +92,13 @@ impl GtidSet {
         *ranges = merged;
     }
 
+    /// True when transaction `uuid[:tag]:gno` is in the set.
+    pub fn contains(&self, uuid: &str, tag: Option<&str>, gno: u64) -> bool {
+        self.0.iter().any(|m| {
+            m.uuid == uuid && m.tag.as_deref() == tag && m.ranges.iter().any(|&(s, e)| s <= gno && gno < e)
+        })
+    }
+
     /// The set as COM_BINLOG_DUMP_GTID sids (tagged ones in the tagged wire format).
     pub fn sids(&self) -> Vec<Sid<'static>> {
         self.0

@@ -289,7 +289,7 @@ fn at(file: String, pos: u64, gtid: Option<String>, server: &resume::Server) -> 
         }
     };
     let gtid = if server.mariadb { gtid } else { None };
-    BinlogPosition { file, pos, gtid, gtid_set, server: Some(server.identity.clone()), snapshot: None }
+    BinlogPosition { gtid, gtid_set, server: Some(server.identity.clone()), ..BinlogPosition::new(file, pos) }
 }
 
 /// The captured base tables, `(db, table)` sorted. Lists names only (no statistics, which

@@ -239,6 +239,7 @@ async fn tables(conn: &mut mysql_async::Conn, config: &Config) -> Result<Vec<Che
 /// The server can still give the stored position (see `resume`: proven, not guessed).
 async fn position_present(conn: &mut mysql_async::Conn, p: &BinlogPosition) -> Result<Check> {
     let server = super::resume::server(conn).await?;
+    let p = &p.request();
     let how = match super::resume::by_gtid(&server, p) {
         true => format!("resuming by GTID from {}", p.gtid_set.as_deref().unwrap_or_default()),
         false => format!("resuming from {}:{}", p.file, p.pos),

@@ -33,7 +33,9 @@ pub async fn stream(
         .await
         .map_err(|e| classify(e, &opts, "connect for the binlog stream"))?;
     let server = resume::server(&mut conn).await?;
-    let by_gtid = resume::by_gtid(&server, &start);
+    // With an XA transaction prepared, the stored position asks to read from before it.
+    let req = start.request();
+    let by_gtid = resume::by_gtid(&server, &req);
     // Announce a MariaDB-aware replica, or the server hides GTID events (see
     // shared/reference/mariadb-binlog.md); MySQL ignores the variables.
     let mut setup =
@@ -42,7 +44,7 @@ pub async fn stream(
         // Strict: a GTID missing from this server's binlog is an error, not a silent skip.
         // Rebuilt from its parsed form: digits, '-' and ',' only.
         let state =
-            super::gtid::GtidState::parse(start.gtid_set.as_deref().unwrap_or_default()).unwrap_or_default();
+            super::gtid::GtidState::parse(req.gtid_set.as_deref().unwrap_or_default()).unwrap_or_default();
         setup.push_str(&format!(
             ", @slave_connect_state='{state}', @slave_gtid_strict_mode=1, @slave_gtid_ignore_duplicates=0"
         ));
@@ -54,19 +56,19 @@ pub async fn stream(
     let request = match (by_gtid, server.mariadb) {
         (true, true) => request.with_filename(b"").with_pos(4u64),
         (true, false) => {
-            let set = GtidSet::parse(start.gtid_set.as_deref().unwrap_or_default()).unwrap_or_default();
+            let set = GtidSet::parse(req.gtid_set.as_deref().unwrap_or_default()).unwrap_or_default();
             request.with_gtid().with_gtid_set(set.sids()).with_filename(b"").with_pos(4u64)
         }
-        (false, _) => request.with_filename(start.file.as_bytes()).with_pos(start.pos),
+        (false, _) => request.with_filename(req.file.as_bytes()).with_pos(req.pos),
     };
     let mut events = match conn.get_binlog_stream(request).await {
         Ok(events) => events,
-        Err(e) => return Err(read_error(e, &opts, &server, &start).await),
+        Err(e) => return Err(read_error(e, &opts, &server, &req).await),
     };
     match by_gtid {
-        true => tracing::info!(gtid = ?start.gtid_set, server = %server.identity, "streaming the binlog"),
+        true => tracing::info!(gtid = ?req.gtid_set, server = %server.identity, "streaming the binlog"),
         false => {
-            tracing::info!(file = %start.file, pos = start.pos, server = %server.identity, "streaming the binlog")
+            tracing::info!(file = %req.file, pos = req.pos, server = %server.identity, "streaming the binlog")
         }
     }
     let mut reader = Reader::new(filter, &start, Some(server.identity.clone()));
@@ -132,6 +134,7 @@ async fn read_error(
     if !is_binlog_read_error(&e) {
         return classify(e, opts, "read the binlog");
     }
+    let at = &at.request();
     let proof = async {
         let mut conn = mysql_async::Conn::new(opts.clone()).await.ok()?;
         let why = resume::missing(&mut conn, server, at).await.ok();

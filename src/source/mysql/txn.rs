@@ -9,6 +9,7 @@
 //!   restart reads it again instead of losing it.
 
 use crate::event::{Table, Transaction};
+use crate::position::{BinlogPosition, Position, ReplayFrom};
 use crate::source::SourceMessage;
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use std::sync::Arc;
 struct Prepared {
     xid: String,
     /// The commit position before its body: where a restart must read from.
-    at: SourceMessage,
+    at: BinlogPosition,
     changes: Vec<SourceMessage>,
 }
 
@@ -48,14 +49,22 @@ pub struct Txn {
     held: Vec<SourceMessage>,
     savepoints: Vec<Savepoint>,
     /// The open XA body: its XID and the position before it.
-    xa: Option<(String, SourceMessage)>,
+    xa: Option<(String, BinlogPosition)>,
     prepared: Vec<Prepared>,
+    /// The current group was delivered before the restart (read again only to find the
+    /// bodies of prepared XA transactions): its changes and its commit are not sent again.
+    pub replaying: bool,
 }
 
 impl Txn {
     /// State before the first event, with the GTID of the last transaction read.
     pub fn new(gtid: Option<String>) -> Self {
         Txn { gtid: gtid.map(Into::into), ..Txn::default() }
+    }
+
+    /// True once a GTID event or BEGIN opened the current group.
+    pub fn began(&self) -> bool {
+        self.began
     }
 
     /// Where the current transaction's first event starts.
@@ -91,7 +100,7 @@ impl Txn {
     }
 
     /// The start of an XA body with `xid`; `at` is the position before it.
-    pub fn xa_start(&mut self, xid: String, at: SourceMessage) {
+    pub fn xa_start(&mut self, xid: String, at: BinlogPosition) {
         self.in_tx = true;
         self.holding = true;
         self.xa = Some((xid, at));
@@ -105,17 +114,22 @@ impl Txn {
         }
     }
 
-    /// `XA COMMIT xid`: sends the prepared body. False when its PREPARE was never read.
+    /// `XA COMMIT xid`: sends the prepared body. False when its PREPARE was never read
+    /// (while replaying, the commit was delivered before the restart: nothing to send).
     pub fn xa_commit(&mut self, xid: &str, out: &mut Vec<SourceMessage>) -> bool {
         if self.xa.as_ref().is_some_and(|(x, _)| x == xid) {
             return true; // one phase: the body is still open and goes out at the end
         }
         match self.prepared.iter().position(|p| p.xid == xid) {
-            Some(i) => {
+            Some(i) if !self.replaying => {
                 out.append(&mut self.prepared.remove(i).changes);
                 true
             }
-            None => false,
+            Some(i) => {
+                self.prepared.remove(i);
+                true
+            }
+            None => self.replaying,
         }
     }
 
@@ -158,6 +172,9 @@ impl Txn {
         change: crate::event::ChangeEvent,
         out: &mut Vec<SourceMessage>,
     ) -> Result<(), String> {
+        if self.replaying && self.xa.is_none() {
+            return Ok(()); // delivered before the restart
+        }
         if !self.holding {
             out.push(SourceMessage::Change(change));
             return Ok(());
@@ -175,22 +192,31 @@ impl Txn {
         Ok(())
     }
 
-    /// The transaction ended: held changes go out (unless prepared), then `here`, or while
-    /// an XA transaction is prepared the position before the oldest one.
-    pub fn end(&mut self, here: SourceMessage, out: &mut Vec<SourceMessage>) {
+    /// The transaction ended: held changes go out (unless prepared), then `here` (with,
+    /// while an XA transaction is prepared, where to read again from). A replayed group
+    /// sends nothing.
+    pub fn end(&mut self, here: BinlogPosition, out: &mut Vec<SourceMessage>) {
         self.xa = None;
-        out.append(&mut self.held); // empty when the body was prepared
+        if std::mem::take(&mut self.replaying) {
+            self.held.clear();
+        } else {
+            out.append(&mut self.held); // empty when the body was prepared
+            out.push(self.capped(here));
+        }
         self.savepoints.clear();
         self.holding = false;
         self.in_tx = false;
         self.began = false;
         self.thread = None;
-        out.push(self.capped(here));
     }
 
-    /// `commit`, or the position before the oldest prepared XA body when one is pending.
-    pub fn capped(&self, commit: SourceMessage) -> SourceMessage {
-        self.prepared.first().map_or(commit, |p| p.at.clone())
+    /// A commit at `here`; while an XA body is prepared it also names where a restart must
+    /// read from (before the oldest prepared body).
+    pub fn capped(&self, mut here: BinlogPosition) -> SourceMessage {
+        here.replay_from = self.prepared.first().map(|p| {
+            Box::new(ReplayFrom { file: p.at.file.clone(), pos: p.at.pos, gtid_set: p.at.gtid_set.clone() })
+        });
+        SourceMessage::Commit(Position::Mysql(here))
     }
 
     /// The transaction metadata of the next change to `table`.

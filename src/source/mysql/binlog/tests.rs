@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::config::{Config, Flags};
+use crate::position::Position;
 use mysql_common::binlog::consts::BinlogVersion;
 use mysql_common::binlog::consts::TransactionPayloadCompressionType;
 use mysql_common::binlog::events::{FormatDescriptionEvent, GtidEvent, TransactionPayloadEvent};
@@ -142,12 +143,16 @@ fn summary(out: &[SourceMessage]) -> Vec<String> {
                 format!("{} {:?} in {file}", c.op.code(), c.after.as_ref().or(c.before.as_ref()).unwrap()[0])
             }
             SourceMessage::Commit(Position::Mysql(p)) => {
+                let replay = p.replay_from.as_ref().map(|r| {
+                    format!(" replay from {}:{} {}", r.file, r.pos, r.gtid_set.as_deref().unwrap_or("-"))
+                });
                 format!(
-                    "commit {}:{} {} @{}",
+                    "commit {}:{} {} @{}{}",
                     p.file,
                     p.pos,
                     p.gtid_set.as_deref().unwrap_or("-"),
-                    p.server.as_deref().unwrap_or("-")
+                    p.server.as_deref().unwrap_or("-"),
+                    replay.unwrap_or_default()
                 )
             }
             other => format!("{other:?}"),
@@ -237,10 +242,15 @@ fn prepared_xa_is_held_until_commit_and_caps_the_offset() {
     let mut evs = prepared_body(&xa);
     evs.extend(insert_tx(6, 2, 200));
     let out = feed(&mut r, &evs).unwrap();
-    // Nothing of the prepared body yet; every commit names the position before it (GTID 0-1-4).
+    // Nothing of the prepared body yet; every commit names where to read again from: before
+    // the body (GTID 0-1-4).
     assert_eq!(
         summary(&out),
-        ["commit binlog.000001:61 0-1-4 @1", "c Int(2) in binlog.000001", "commit binlog.000001:61 0-1-4 @1"]
+        [
+            "commit binlog.000001:140 0-1-5 @1 replay from binlog.000001:61 0-1-4",
+            "c Int(2) in binlog.000001",
+            "commit binlog.000001:240 0-1-6 @1 replay from binlog.000001:61 0-1-4"
+        ]
     );
     let commit = [gtid(7, 128 | 4 | 1, &xa, 300), query("XA COMMIT X'78',X'',1", 350)];
     let out = feed(&mut r, &commit).unwrap();
@@ -251,7 +261,13 @@ fn prepared_xa_is_held_until_commit_and_caps_the_offset() {
     let mut evs = prepared_body(&xa);
     evs.extend([gtid(6, 128 | 4 | 1, &xa, 300), query("XA ROLLBACK X'78',X'',1", 350)]);
     let out = feed(&mut r, &evs).unwrap();
-    assert_eq!(summary(&out), ["commit binlog.000001:61 0-1-4 @1", "commit binlog.000001:350 0-1-6 @1"]);
+    assert_eq!(
+        summary(&out),
+        [
+            "commit binlog.000001:140 0-1-5 @1 replay from binlog.000001:61 0-1-4",
+            "commit binlog.000001:350 0-1-6 @1"
+        ]
+    );
 
     // An XA COMMIT whose PREPARE was never read stops instead of skipping its rows.
     let err =
@@ -259,6 +275,56 @@ fn prepared_xa_is_held_until_commit_and_caps_the_offset() {
             .unwrap_err();
     assert_eq!(err.kind(), Kind::Encode);
     assert!(err.to_string().contains("XA COMMIT X'78',X'',1"), "{err}");
+}
+
+/// The stream of two overlapping XA transactions `x` (prepared at 100..140) and `y`
+/// (prepared at 400..440), a plain insert between them, `XA COMMIT x`, another insert, then
+/// `XA COMMIT y`.
+fn overlapping_xa() -> Vec<Event> {
+    let (x, y) = ([1, 0, 0, 0, 1, 0, b'x'], [1, 0, 0, 0, 1, 0, b'y']);
+    let prepare = |c: u8, at| event(38, at, &[0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, c]);
+    let mut evs = prepared_body(&x);
+    evs.extend(insert_tx(6, 2, 200));
+    evs.extend([gtid(7, 64 | 4, &y, 400), table_map(410), write_rows(&[(3, 0)], 0b11, 420)]);
+    evs.extend([query("XA END X'79',X'',1", 430), prepare(b'y', 440)]);
+    evs.extend(insert_tx(8, 4, 500));
+    evs.extend([gtid(9, 128 | 4 | 1, &x, 600), query("XA COMMIT X'78',X'',1", 650)]);
+    evs.extend(insert_tx(10, 5, 700));
+    evs.extend([gtid(11, 128 | 4 | 1, &y, 800), query("XA COMMIT X'79',X'',1", 850)]);
+    evs
+}
+
+#[test]
+fn a_restart_with_prepared_xa_reads_again_and_delivers_each_change_once() {
+    // A first run: every change once, in commit order; the last commit before `XA COMMIT y`
+    // asks to read again from before y's body.
+    let mut r = reader("shop.*");
+    let all = overlapping_xa();
+    let out = feed(&mut r, &all).unwrap();
+    let changes: Vec<String> = summary(&out).into_iter().filter(|s| !s.starts_with("commit")).collect();
+    let ids = |v: &[String]| v.iter().map(|s| s.split(' ').nth(1).unwrap().to_owned()).collect::<Vec<_>>();
+    assert_eq!(ids(&changes), ["Int(2)", "Int(4)", "Int(1)", "Int(5)", "Int(3)"]);
+    let stored = out
+        .iter()
+        .filter_map(|m| match m {
+            SourceMessage::Commit(Position::Mysql(p)) if p.pos == 740 => Some(p.clone()),
+            _ => None,
+        })
+        .next()
+        .unwrap();
+    let replay = stored.replay_from.clone().expect("y is still prepared");
+    assert_eq!(
+        (replay.file.as_str(), replay.pos, replay.gtid_set.as_deref()),
+        ("binlog.000001", 361, Some("0-1-6"))
+    );
+    // The restart after that commit reads from y's body: x's commit is not an unknown XA
+    // (no 65), nothing delivered before the crash comes again, y arrives at its commit.
+    let mut again = Reader::new(r.filter.clone(), &stored, Some("1".into()));
+    let from_y = all.iter().skip_while(|e| e.header().log_pos() != 400).cloned().collect::<Vec<_>>();
+    let mut evs = vec![rotate(0, 361, "binlog.000001"), format_description()];
+    evs.extend(from_y);
+    let out = feed(&mut again, &evs).unwrap();
+    assert_eq!(summary(&out), ["c Int(3) in binlog.000001", "commit binlog.000001:850 0-1-11 @1"]);
 }
 
 #[test]
@@ -495,5 +561,9 @@ fn a_mysql_xa_body_is_re_read_from_the_gtid_set_before_it() {
     ];
     let out = feed(&mut r, &evs).unwrap();
     let at = 100 - 19 - body.len() as u64;
-    assert_eq!(summary(&out), [format!("commit binlog.000001:{at} {A}:1-5 @{A}")], "not {A}:1-6");
+    assert_eq!(
+        summary(&out),
+        [format!("commit binlog.000001:150 {A}:1-6 @{A} replay from binlog.000001:{at} {A}:1-5")],
+        "read again from {A}:1-5, not 1-6"
+    );
 }
