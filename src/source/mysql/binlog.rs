@@ -39,8 +39,9 @@ use std::sync::Arc;
 const MARIADB_GTID: u8 = 162;
 const MARIADB_GTID_LIST: u8 = 163;
 
-/// Most changes held in memory for one prepared XA transaction or after a savepoint.
-/// Beyond it `cdc` stops (65) instead of growing without bound.
+/// Most changes held in memory at once: the bodies of all prepared XA transactions plus the
+/// open transaction's rows after a savepoint. Beyond it `cdc` stops (65) instead of growing
+/// without bound (a few hundred bytes each: ~100 MB at the limit).
 pub const MAX_HELD_CHANGES: usize = 200_000;
 
 /// Decoding state carried between events.

@@ -81,6 +81,9 @@ pub async fn opts(config: &Config) -> Result<mysql_async::Opts> {
         let _ = url.set_scheme("mysql");
     }
     let tls = tls::take(&mut url)?;
+    if let Some(ca) = tls.ca.as_ref().filter(|ca| !ca.is_file()) {
+        return Err(Error::config(format!("--source-url has ssl-ca={}: no such file", ca.display())));
+    }
     let opts = mysql_async::Opts::from_url(url.as_str()).map_err(|e| {
         Error::config(format!(
             "cannot use --source-url {}: expected mysql://user:pass@host:3306[?ssl-mode=...&ssl-ca=...]",

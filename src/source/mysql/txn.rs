@@ -179,11 +179,12 @@ impl Txn {
             out.push(SourceMessage::Change(change));
             return Ok(());
         }
-        if self.held.len() >= super::binlog::MAX_HELD_CHANGES {
+        let prepared: usize = self.prepared.iter().map(|p| p.changes.len()).sum();
+        if self.held.len() + prepared >= super::binlog::MAX_HELD_CHANGES {
             return Err(format!(
-                "a transaction of {} holds more than {} changes back (an XA transaction between XA START and \
-                 XA COMMIT, or the rows after a SAVEPOINT): cdc keeps them in memory and will not grow without bound; \
-                 commit such transactions in smaller pieces",
+                "a transaction of {} would make cdc hold more than {} changes back (XA transactions between XA \
+                 START and XA COMMIT, or the rows after a SAVEPOINT): cdc keeps them in memory and will not grow \
+                 without bound; commit such transactions in smaller pieces",
                 change.table.qualified(),
                 super::binlog::MAX_HELD_CHANGES
             ));
