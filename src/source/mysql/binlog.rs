@@ -347,15 +347,15 @@ impl Reader {
     }
 
     /// While replaying (reading again after a restart with a prepared XA transaction): is
-    /// the group starting at `start` one delivered before the restart? `delivered` is the
-    /// GTID answer where the group has a GTID the stored state can judge; otherwise its
-    /// coordinates decide (on the server the offset was read from). The first group after
-    /// the stored position ends the replay.
+    /// the group starting at `start` one delivered before the restart? On the server the
+    /// offset was read from, coordinates decide exactly; on another server (a failover) the
+    /// group's GTID against the stored state (`delivered`), which needs GTIDs in order within
+    /// a domain. Without either, it is new. The first new group ends the replay.
     fn replayed(&mut self, start: u64, delivered: Option<bool>) {
         let Some(replay) = &self.replay else { return };
-        let before = match delivered {
-            Some(d) => d,
-            None => self.position_at(start).partial_cmp(&replay.delivered) == Some(std::cmp::Ordering::Less),
+        let before = match (self.position_at(start).partial_cmp(&replay.delivered), delivered) {
+            (Some(order), _) => order == std::cmp::Ordering::Less,
+            (None, by_gtid) => by_gtid.unwrap_or(false),
         };
         self.tx.replaying = before;
         if !before {

@@ -325,6 +325,10 @@ fn a_restart_with_prepared_xa_reads_again_and_delivers_each_change_once() {
     evs.extend(from_y);
     let out = feed(&mut again, &evs).unwrap();
     assert_eq!(summary(&out), ["c Int(3) in binlog.000001", "commit binlog.000001:850 0-1-11 @1"]);
+    // The same after a failover: on server 2 the coordinates mean nothing, the GTIDs decide.
+    let mut elsewhere = Reader::new(r.filter.clone(), &stored, Some("2".into()));
+    let out = feed(&mut elsewhere, &evs).unwrap();
+    assert_eq!(summary(&out), ["c Int(3) in binlog.000001", "commit binlog.000001:850 0-1-11 @2"]);
 }
 
 #[test]
