@@ -79,6 +79,9 @@ struct Replay {
     /// Its GTID state, MariaDB or MySQL.
     mariadb: GtidState,
     mysql: Option<GtidSet>,
+    /// A new group was seen: file switches store positions again. (Judged by GTID, later
+    /// groups are still judged one by one: another server may order domains differently.)
+    ended: bool,
 }
 
 impl Reader {
@@ -89,6 +92,7 @@ impl Reader {
             delivered: BinlogPosition { replay_from: None, ..start.clone() },
             mariadb: start.gtid_set.as_deref().and_then(GtidState::parse).unwrap_or_default(),
             mysql: start.gtid_set.as_deref().and_then(GtidSet::parse),
+            ended: false,
         });
         let start = &start.request();
         let gtids = start.gtid_set.as_deref().and_then(GtidState::parse).unwrap_or_default();
@@ -169,7 +173,7 @@ impl Reader {
                     false => r.name().into_owned().into(),
                 };
                 self.tables.clear();
-                if !opening && !self.tx.in_tx && self.replay.is_none() {
+                if !opening && !self.tx.in_tx && self.replay.as_ref().is_none_or(|r| r.ended) {
                     out.push(self.tx.capped(self.position_at(r.position())));
                 }
             }
@@ -201,16 +205,20 @@ impl Reader {
                     us => (us / 1000) as i64,
                 };
                 self.tx.begin(start, Some(gtid.into()), Some(commit_ms));
+                // Without a stored set (or for an anonymous gno 0) GTIDs cannot judge.
                 let delivered = self
                     .replay
                     .as_ref()
-                    .map(|r| r.mysql.as_ref().is_some_and(|s| s.contains(&sid, tag.as_deref(), g.gno())));
+                    .and_then(|r| r.mysql.as_ref())
+                    .filter(|_| g.gno() > 0)
+                    .map(|s| s.contains(&sid, tag.as_deref(), g.gno()));
                 self.replayed(start, delivered);
             }
             EventData::AnonymousGtidEvent(_) => {
                 // MySQL with gtid_mode=OFF: a transaction starts, with no GTID of its own.
                 self.gtid_set_before = self.gtid_set.clone();
                 self.tx.begin(start, None, None);
+                self.tx.gtid = None; // not the previous transaction's
                 self.replayed(start, None);
             }
             EventData::TableMapEvent(tme) => {
@@ -348,19 +356,26 @@ impl Reader {
 
     /// While replaying (reading again after a restart with a prepared XA transaction): is
     /// the group starting at `start` one delivered before the restart? On the server the
-    /// offset was read from, coordinates decide exactly; on another server (a failover) the
-    /// group's GTID against the stored state (`delivered`), which needs GTIDs in order within
-    /// a domain. Without either, it is new. The first new group ends the replay.
+    /// offset was read from, coordinates decide exactly, and the first new group ends the
+    /// replay. On another server (a failover) the group's GTID against the stored state
+    /// (`delivered`) decides, for every group of the session, since the new server may
+    /// interleave domains differently (this needs GTIDs in order within a domain:
+    /// gtid_strict_mode). Without either, the group is new.
     fn replayed(&mut self, start: u64, delivered: Option<bool>) {
-        let Some(replay) = &self.replay else { return };
-        let before = match (self.position_at(start).partial_cmp(&replay.delivered), delivered) {
-            (Some(order), _) => order == std::cmp::Ordering::Less,
-            (None, by_gtid) => by_gtid.unwrap_or(false),
+        let here = self.position_at(start);
+        let Some(replay) = self.replay.as_mut() else { return };
+        self.tx.replaying = match (here.partial_cmp(&replay.delivered), delivered) {
+            (Some(std::cmp::Ordering::Less), _) => true,
+            (Some(_), _) => {
+                self.replay = None;
+                false
+            }
+            (None, by_gtid) => {
+                let before = by_gtid.unwrap_or(false);
+                replay.ended |= !before;
+                before
+            }
         };
-        self.tx.replaying = before;
-        if !before {
-            self.replay = None;
-        }
     }
 
     /// The transaction ends at `end`: its held changes go out, then the commit (or, while an

@@ -35,6 +35,9 @@ pub fn control(sql: &str) -> Control {
         "BEGIN" => Control::Begin,
         "START" if w.next().is_some_and(|t| is(t, "TRANSACTION")) => Control::Begin,
         "COMMIT" => Control::Commit,
+        // MySQL 8.0.21+ logs CREATE TABLE ... SELECT as one transaction: this query, the
+        // rows, then XID.
+        "CREATE" if sql.trim_end().to_ascii_uppercase().ends_with("START TRANSACTION") => Control::Begin,
         "SAVEPOINT" | "RELEASE" => Control::Savepoint,
         "ROLLBACK" => match w.next() {
             Some(t) if is(t, "TO") => Control::Savepoint,
@@ -280,6 +283,8 @@ mod tests {
         assert_eq!(control("BEGIN"), Control::Begin);
         assert_eq!(control("START TRANSACTION"), Control::Begin);
         assert_eq!(control("COMMIT"), Control::Commit);
+        assert_eq!(control("CREATE TABLE t2 (id INT) START TRANSACTION"), Control::Begin);
+        assert_eq!(control("CREATE TABLE t2 (id INT)"), Control::Other);
         assert_eq!(control("ROLLBACK"), Control::Rollback);
         assert_eq!(control("ROLLBACK TO `s1`"), Control::Savepoint);
         assert_eq!(control("rollback to savepoint s1"), Control::Savepoint);

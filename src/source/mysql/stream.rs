@@ -95,8 +95,13 @@ pub async fn stream(
             Ok(Some(Err(e))) => return Err(read_error(e, &opts, &server, &last).await),
             Ok(Some(Ok(ev))) => ev,
         };
-        if std::mem::take(&mut first) {
-            // The server accepted the request (errors such as 1236 come with the first read).
+        let preamble = matches!(
+            ev.header().event_type(),
+            Ok(EventType::ROTATE_EVENT | EventType::FORMAT_DESCRIPTION_EVENT)
+        );
+        if !preamble && std::mem::take(&mut first) {
+            // The server sends its opening rotate and format description even when it then
+            // refuses the position (1236): only an event after them is progress.
             crate::metrics::UP.store(1, std::sync::atomic::Ordering::Relaxed);
             crate::source::STREAMED.store(true, std::sync::atomic::Ordering::Relaxed);
         }

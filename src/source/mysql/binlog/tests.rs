@@ -56,8 +56,13 @@ fn format_description() -> Event {
 
 /// MariaDB GTID event `0-1-seq` ending at `log_pos`, with `flags` and optional XID bytes.
 fn gtid(seq: u64, flags: u8, xid: &[u8], log_pos: u32) -> Event {
+    gtid_in(0, seq, flags, xid, log_pos)
+}
+
+/// As [`gtid`], in replication domain `domain`.
+fn gtid_in(domain: u32, seq: u64, flags: u8, xid: &[u8], log_pos: u32) -> Event {
     let mut body = seq.to_le_bytes().to_vec();
-    body.extend(0u32.to_le_bytes());
+    body.extend(domain.to_le_bytes());
     body.push(flags);
     body.extend(xid);
     if xid.is_empty() {
@@ -570,4 +575,34 @@ fn a_mysql_xa_body_is_re_read_from_the_gtid_set_before_it() {
         [format!("commit binlog.000001:150 {A}:1-6 @{A} replay from binlog.000001:{at} {A}:1-5")],
         "read again from {A}:1-5, not 1-6"
     );
+}
+
+#[test]
+fn after_a_failover_every_group_is_judged_by_its_gtid() {
+    // Stored on server 1: delivered through 0-1-6 and 1-1-20, x prepared at 0-1-5.
+    let mut stored = BinlogPosition::new("binlog.000009", 9000);
+    stored.gtid_set = Some("0-1-6,1-1-20".into());
+    stored.server = Some("1".into());
+    stored.replay_from = Some(Box::new(crate::position::ReplayFrom {
+        file: "binlog.000009".into(),
+        pos: 100,
+        gtid_set: Some("0-1-4,1-1-20".into()),
+    }));
+    let mut r = Reader::new(reader("shop.*").filter, &stored, Some("2".into()));
+    let xa = [1, 0, 0, 0, 1, 0, b'x'];
+    // Server 2 logged domain 1's transaction after domain 0's newer ones.
+    let mut evs = prepared_body(&xa);
+    evs.extend(insert_tx(6, 2, 200));
+    evs.extend([
+        gtid(7, 4, &[], 300),
+        query("BEGIN", 310),
+        table_map(320),
+        write_rows(&[(7, 0)], 0b11, 330),
+        xid(340),
+    ]);
+    evs.extend([gtid_in(1, 20, 4, &[], 400), query("BEGIN", 410), table_map(420)]);
+    evs.extend([write_rows(&[(20, 0)], 0b11, 430), xid(440)]);
+    let out = feed(&mut r, &evs).unwrap();
+    let ids: Vec<String> = summary(&out).into_iter().filter(|s| !s.starts_with("commit")).collect();
+    assert_eq!(ids, ["c Int(7) in binlog.000001"], "1-1-20 was delivered before the failover");
 }
