@@ -62,14 +62,7 @@ impl Reader {
                 after,
                 ts_ms,
                 snapshot: Snapshot::No,
-                source: Source::Mysql {
-                    server_id,
-                    gtid: self.tx.gtid.clone(),
-                    file: self.file.clone(),
-                    pos: start,
-                    row,
-                    thread: self.tx.thread,
-                },
+                source: self.source(server_id, start, row),
                 transaction,
             };
             self.tx.push(ev, out).map_err(|why| self.too_many(start, why))?;
@@ -146,14 +139,7 @@ impl Reader {
             after: None,
             ts_ms: self.tx.commit_ms.unwrap_or(ts_ms),
             snapshot: Snapshot::No,
-            source: Source::Mysql {
-                server_id,
-                gtid: self.tx.gtid.clone(),
-                file: self.file.clone(),
-                pos: start,
-                row: 0,
-                thread: self.tx.thread,
-            },
+            source: self.source(server_id, start, 0),
             transaction,
         };
         self.tx.push(ev, out).map_err(|why| self.too_many(start, why))
@@ -170,5 +156,18 @@ impl Reader {
         let dbs =
             statement::updated_dbs(status_vars).unwrap_or_else(|| statement::named_dbs(sql, default_db));
         dbs.into_iter().find(|db| self.filter.captures_db(db)).map(|db| format!("a table of {db}"))
+    }
+
+    /// Where a change of the current transaction comes from: row `row` of the event at
+    /// `start` of the current file.
+    fn source(&self, server_id: u32, start: u64, row: u32) -> Source {
+        Source::Mysql {
+            server_id,
+            gtid: self.tx.gtid.clone(),
+            file: self.file.clone(),
+            pos: start,
+            row,
+            thread: self.tx.thread,
+        }
     }
 }
