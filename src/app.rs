@@ -7,9 +7,11 @@ use crate::encode::Encoder;
 use crate::error::{Error, Kind, Result};
 use crate::offsets::{OffsetStore, SledStore};
 use crate::pipeline::{self, Settings, Stopped};
+use crate::position::Position;
 use crate::sink::{AnySink, Sink, file::LinesSink};
 use crate::source::AnySource;
 use crate::source::mysql::{self, MysqlSource, preflight};
+use crate::source::postgres::{self, PostgresSource};
 use std::path::Path;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -33,7 +35,7 @@ async fn stopped(mut rx: Shutdown) {
 async fn build_source(config: &Config, store: &SledStore) -> Result<AnySource> {
     match config.source {
         SourceKind::Mysql => Ok(AnySource::Mysql(MysqlSource::start(config, store.load()?).await?)),
-        SourceKind::Postgres => Err(unsupported("the postgres source")),
+        SourceKind::Postgres => Ok(AnySource::Postgres(PostgresSource::start(config, store.load()?).await?)),
     }
 }
 
@@ -53,16 +55,13 @@ fn build_sink(config: &Config) -> Result<AnySink> {
 
 fn unsupported(what: &str) -> Error {
     Error::config(format!(
-        "{what} is not available in cdc {} yet: use --source mysql with --sink stdout, file or kafka",
+        "{what} is not available in cdc {} yet: use --sink stdout, file or kafka",
         crate::encode::VERSION
     ))
 }
 
 /// Checks that the configured source and sink exist in this build (before connecting).
 pub fn available(config: &Config) -> Result<()> {
-    if config.source == SourceKind::Postgres {
-        return Err(unsupported("the postgres source"));
-    }
     build_sink(config).map(drop)
 }
 
@@ -159,15 +158,25 @@ pub async fn check(config: &Config) -> Result<i32> {
             None
         }
     };
-    let resume = match resume {
-        Some(crate::position::Position::Mysql(p)) => Some(p),
-        _ => None,
+    let checks = match config.source {
+        SourceKind::Mysql => {
+            let resume = match resume {
+                Some(Position::Mysql(p)) => Some(p),
+                _ => None,
+            };
+            let opts = mysql::opts(config).await?;
+            preflight::checks(config, &opts, resume.as_ref()).await
+        }
+        SourceKind::Postgres => {
+            let resume = match resume {
+                Some(Position::Postgres(p)) => Some(p),
+                _ => None,
+            };
+            let params = postgres::conn::Params::new(config)?;
+            postgres::preflight::checks(config, &params, resume.as_ref()).await
+        }
     };
-    let opts = match config.source {
-        SourceKind::Mysql => mysql::opts(config).await?,
-        SourceKind::Postgres => return Err(unsupported("the postgres source")),
-    };
-    let checks = match preflight::checks(config, &opts, resume.as_ref()).await {
+    let checks = match checks {
         Ok(checks) => checks,
         // The checks could not run: one FAIL line, and check's own exit codes (CONTRACT §2):
         // 77 for refused credentials, 78 for anything else (an unreachable server is a

@@ -15,6 +15,9 @@ pub const DEFAULT_NAME: &str = "cdc";
 /// Offset store directory when none is given: next to where `cdc` is started, so a second
 /// run in the same place resumes.
 pub const DEFAULT_STATE_DIR: &str = "./cdc-state";
+/// Snapshot connections: two keep the server and `cdc` busy at once on a small machine
+/// without taking many connections from the application.
+pub const DEFAULT_SNAPSHOT_PARALLELISM: usize = 2;
 
 /// The settings of `cdc run` and `cdc check`, as flags (each also read from `CDC_*`).
 /// All are optional here: the file and the defaults fill the gaps in [`Config::resolve`].
@@ -68,6 +71,9 @@ pub struct Flags {
     /// MySQL replica server id for the binlog dump [default: derived from --name]
     #[arg(long, env = "CDC_SERVER_ID", hide_env_values = true, value_name = "ID")]
     pub server_id: Option<String>,
+    /// Connections reading snapshot chunks at once (Postgres) [default: 2]
+    #[arg(long, env = "CDC_SNAPSHOT_PARALLELISM", hide_env_values = true, value_name = "N")]
+    pub snapshot_parallelism: Option<usize>,
     /// Postgres replication slot [default: cdc_<name>]
     #[arg(long, env = "CDC_SLOT", hide_env_values = true)]
     pub slot: Option<String>,
@@ -106,6 +112,7 @@ struct SourceSection {
     exclude_tables: Option<Patterns>,
     snapshot: Option<String>,
     server_id: Option<u32>,
+    snapshot_parallelism: Option<usize>,
     slot: Option<String>,
     publication: Option<String>,
 }
@@ -287,6 +294,8 @@ pub struct Config {
     pub snapshot: SnapshotMode,
     /// MySQL replica server id.
     pub server_id: u32,
+    /// Connections reading snapshot chunks at once.
+    pub snapshot_parallelism: usize,
     /// Postgres slot.
     pub slot: String,
     /// Postgres publication.
@@ -406,6 +415,11 @@ impl Config {
                 .or(file.sink.topic_prefix.clone())
                 .unwrap_or_else(|| name.clone()),
             slot: flags.slot.clone().or(s.slot.clone()).unwrap_or_else(|| default_derived.clone()),
+            snapshot_parallelism: flags
+                .snapshot_parallelism
+                .or(s.snapshot_parallelism)
+                .unwrap_or(DEFAULT_SNAPSHOT_PARALLELISM)
+                .max(1),
             publication: flags.publication.clone().or(s.publication.clone()).unwrap_or(default_derived),
             state_dir: state_dir(flags, &file),
             file_path: flags.file_path.clone().or(file.file.path.clone()),

@@ -85,14 +85,35 @@ pub struct SnapshotProgress {
     pub last_key: Option<String>,
 }
 
-/// A Postgres position: the commit LSN of a transaction and an LSN inside it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// A Postgres position: the commit LSN of a transaction and the LSN to resume from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PgPosition {
-    /// LSN of the commit record of the transaction.
+    /// LSN of the commit record of the last delivered transaction.
     pub commit_lsn: u64,
-    /// LSN of the change inside the transaction (equal to `commit_lsn` at its end).
+    /// Where the next transaction may start: the *end* of that commit record (the slot is
+    /// confirmed to it, and a restart streams transactions committing at or after it). On
+    /// an idle keepalive both fields are the LSN the server had sent up to.
     pub lsn: u64,
+    /// Set while the initial snapshot is incomplete (`lsn` is then the slot's consistent
+    /// point, where streaming will start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotProgress>,
+}
+
+impl PgPosition {
+    /// After a transaction that committed at `commit_lsn`, resuming at `lsn`.
+    pub fn at(commit_lsn: u64, lsn: u64) -> Self {
+        PgPosition { commit_lsn, lsn, snapshot: None }
+    }
+}
+
+impl PartialOrd for PgPosition {
+    /// By `(commit_lsn, lsn)`; a finished snapshot comes after any progress at the same LSNs.
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        let snap = |p: &Self| p.snapshot.as_ref().map_or(u64::MAX, |s| s.chunks);
+        Some((self.commit_lsn, self.lsn, snap(self)).cmp(&(other.commit_lsn, other.lsn, snap(other))))
+    }
 }
 
 impl BinlogPosition {
@@ -188,7 +209,11 @@ impl fmt::Display for Position {
                 Ok(())
             }
             Position::Postgres(p) => {
-                write!(f, "{} (commit {})", format_lsn(p.lsn), format_lsn(p.commit_lsn))
+                write!(f, "{} (commit {})", format_lsn(p.lsn), format_lsn(p.commit_lsn))?;
+                if let Some(s) = &p.snapshot {
+                    write!(f, " (snapshot: {} chunks done)", s.chunks)?;
+                }
+                Ok(())
             }
         }
     }
@@ -235,8 +260,8 @@ mod tests {
     fn lsn_round_trips_and_orders_by_commit_first() {
         assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
         assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
-        let a = Position::Postgres(PgPosition { commit_lsn: 200, lsn: 50 });
-        let b = Position::Postgres(PgPosition { commit_lsn: 100, lsn: 90 });
+        let a = Position::Postgres(PgPosition::at(200, 50));
+        let b = Position::Postgres(PgPosition::at(100, 90));
         assert!(a > b);
     }
 

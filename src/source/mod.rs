@@ -6,6 +6,7 @@ use crate::event::ChangeEvent;
 use crate::position::Position;
 
 pub mod mysql;
+pub mod postgres;
 
 /// Set by a source when its change stream delivered a first event in the current attempt:
 /// the run loop counts such an attempt as progress, and resets this before the next one.
@@ -35,17 +36,21 @@ pub trait Source {
 pub enum AnySource {
     /// MySQL/MariaDB binlog.
     Mysql(mysql::MysqlSource),
+    /// PostgreSQL logical replication.
+    Postgres(postgres::PostgresSource),
 }
 
 impl Source for AnySource {
     async fn next(&mut self) -> Result<SourceMessage> {
         match self {
             AnySource::Mysql(s) => s.next().await,
+            AnySource::Postgres(s) => s.next().await,
         }
     }
     async fn ack(&mut self, upto: &Position) -> Result<()> {
         match self {
             AnySource::Mysql(s) => s.ack(upto).await,
+            AnySource::Postgres(s) => s.ack(upto).await,
         }
     }
 }

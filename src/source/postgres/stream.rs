@@ -1,0 +1,276 @@
+//! The streaming loop: `START_REPLICATION` from the stored position, pgoutput messages
+//! decoded into events, streamed transactions buffered until they commit, and standby
+//! status updates.
+//!
+//! # Progress tracking
+//!
+//! The flush LSN we report is always the last position the pipeline *stored* (the end of a
+//! commit, or an idle keepalive's LSN), never one we only received: the slot can never be
+//! confirmed past a change the sink does not hold. When no transaction is open, a keepalive
+//! carrying LSN *L* means no change below *L* is still to come, so *L* becomes a position
+//! too: the slot advances while the captured tables are idle and other tables write.
+//! Status updates go out when an acknowledgement arrives, when the server asks, and every
+//! [`STATUS_INTERVAL`] even while the pipeline is full (so `wal_sender_timeout` never
+//! fires while the sink is slow).
+
+use super::catalog::Types;
+use super::changes::{Decoder, Rel, Rels};
+use super::conn::Params;
+use super::pgoutput::{self, Message};
+use super::replication::{CopyMsg, ReplConn};
+use super::streamed::Streams;
+use crate::error::{Error, Result};
+use crate::event::Table;
+use crate::position::format_lsn;
+use crate::source::SourceMessage;
+use crate::source::mysql::Filter;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::Client;
+
+/// Longest time between two standby status updates (well under the default 60 s
+/// `wal_sender_timeout`).
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Events per message to the pipeline, at most.
+const BATCH: usize = 512;
+
+/// What the loop needs.
+pub struct Stream {
+    /// Connection settings.
+    pub params: Params,
+    /// Slot to stream from.
+    pub slot: String,
+    /// Publication to decode.
+    pub publication: String,
+    /// Which tables are captured.
+    pub filter: Filter,
+    /// Where streamed transactions spill.
+    pub spill_dir: std::path::PathBuf,
+    /// Database name (the `source.db` of events).
+    pub db: String,
+}
+
+/// Streams from `start` until an error; `acks` carries the last stored LSN.
+pub async fn run(
+    s: Stream,
+    start: u64,
+    tx: mpsc::Sender<Result<Vec<SourceMessage>>>,
+    mut acks: watch::Receiver<u64>,
+) -> Result<()> {
+    let client = s.params.sql("read the catalog").await?;
+    let mut conn = ReplConn::connect(&s.params).await?;
+    let info = super::slot::slot(&client, &s.params, &s.slot).await?;
+    if let Some(pid) = info.as_ref().and_then(|i| i.active_pid) {
+        return Err(Error::unavailable(format!(
+            "replication slot {} is active for PID {pid} (another cdc with this --slot, or another consumer): will \
+             retry; stop the other reader, or use another --slot",
+            s.slot
+        )));
+    }
+    let sql = super::slot::start_command(&s.slot, &s.publication, start, conn.server_version);
+    conn.start_replication(&sql).await?;
+    tracing::info!(slot = %s.slot, lsn = %format_lsn(start), version = conn.server_version, "streaming from the slot");
+    let parallel = super::slot::protocol(conn.server_version).1 == Some("parallel");
+    let mut st = State {
+        decoder: Decoder::new(&s.db, start),
+        rels: HashMap::new(),
+        types: Types::default(),
+        streams: Streams::new(s.spill_dir.clone())?,
+        in_stream: None,
+        client,
+        s,
+        flushed: *acks.borrow_and_update(),
+    };
+    let mut tick = tokio::time::interval(STATUS_INTERVAL);
+    let mut first = true;
+    loop {
+        tokio::select! {
+            biased;
+            // Acknowledgements first: they let the server free WAL.
+            changed = acks.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                st.flushed = *acks.borrow_and_update();
+                conn.send_status(st.flushed, false).await?;
+            }
+            _ = tick.tick() => conn.send_status(st.flushed, false).await?,
+            m = conn.recv() => {
+                if std::mem::take(&mut first) {
+                    crate::source::STREAMED.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                match m? {
+                    CopyMsg::XLogData { start, data } => st.on_data(start, &data, parallel, &mut conn, &tx).await?,
+                    CopyMsg::Keepalive { wal_end, reply } => {
+                        if reply {
+                            conn.send_status(st.flushed, false).await?;
+                        }
+                        // Between Begin and Commit (or inside a stream block) nothing is settled.
+                        if st.in_stream.is_none() {
+                            st.decoder.idle(wal_end);
+                        }
+                    }
+                }
+                if !st.decoder.out.is_empty() && (!conn.has_frame() || st.decoder.out.len() >= BATCH) {
+                    st.send(&mut conn, &tx, &mut tick).await?;
+                }
+            }
+        }
+    }
+}
+
+struct State {
+    decoder: Decoder,
+    rels: HashMap<u32, Arc<Rel>>,
+    types: Types,
+    streams: Streams,
+    in_stream: Option<u32>,
+    client: Client,
+    s: Stream,
+    flushed: u64,
+}
+
+impl State {
+    async fn on_data(
+        &mut self,
+        lsn: u64,
+        data: &[u8],
+        parallel: bool,
+        conn: &mut ReplConn,
+        tx: &mpsc::Sender<Result<Vec<SourceMessage>>>,
+    ) -> Result<()> {
+        let msg =
+            pgoutput::parse(data, self.in_stream.is_some(), parallel).map_err(|e| self.malformed(lsn, e))?;
+        if let Some(xid) = self.in_stream {
+            match msg {
+                Message::StreamStop => self.in_stream = None,
+                m => self.streams.append(xid, subxid(&m), lsn, data)?,
+            }
+            return Ok(());
+        }
+        match msg {
+            Message::Begin { final_lsn, commit_ts, xid } => self.decoder.begin(xid, final_lsn, commit_ts),
+            Message::Commit { commit_lsn, end_lsn, .. } => self.decoder.commit(commit_lsn, end_lsn),
+            Message::Relation(r) => {
+                let rel = self.relation(&r).await?;
+                self.rels.insert(r.oid, Arc::new(rel));
+            }
+            Message::StreamStart { xid, .. } => self.in_stream = Some(xid),
+            Message::StreamAbort { xid, subxid, .. } => self.streams.abort(xid, subxid)?,
+            Message::StreamCommit { xid, commit_lsn, end_lsn, commit_ts, .. } => {
+                self.replay(xid, commit_lsn, end_lsn, commit_ts, parallel, conn, tx).await?;
+            }
+            m @ (Message::Insert { .. }
+            | Message::Update { .. }
+            | Message::Delete { .. }
+            | Message::Truncate { .. }) => {
+                let rels = Rels { session: &self.rels, overlay: None };
+                self.decoder.change(&rels, &m, lsn)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Delivers a committed streamed transaction from its buffers.
+    #[allow(clippy::too_many_arguments)]
+    async fn replay(
+        &mut self,
+        xid: u32,
+        commit_lsn: u64,
+        end_lsn: u64,
+        commit_ts: i64,
+        parallel: bool,
+        conn: &mut ReplConn,
+        tx: &mpsc::Sender<Result<Vec<SourceMessage>>>,
+    ) -> Result<()> {
+        let mut replay = self.streams.take(xid)?;
+        let mut overlay: HashMap<u32, Arc<Rel>> = HashMap::new();
+        let mut tick = tokio::time::interval(STATUS_INTERVAL);
+        self.decoder.begin(xid, commit_lsn, commit_ts);
+        while let Some((lsn, data)) = replay.next_message()? {
+            let msg = pgoutput::parse(data, true, parallel).map_err(|e| self.malformed(lsn, e))?;
+            match msg {
+                Message::Relation(r) => {
+                    let rel = self.relation(&r).await?;
+                    overlay.insert(r.oid, Arc::new(rel));
+                }
+                m => {
+                    let rels = Rels { session: &self.rels, overlay: Some(&overlay) };
+                    self.decoder.change(&rels, &m, lsn)?;
+                }
+            }
+            if self.decoder.out.len() >= BATCH {
+                self.send(conn, tx, &mut tick).await?;
+            }
+        }
+        self.decoder.commit(commit_lsn, end_lsn);
+        Ok(())
+    }
+
+    /// A Relation message as a [`Rel`]: kinds of its column types (the catalog is asked
+    /// only about types not seen before) and the table's primary key.
+    async fn relation(&mut self, r: &pgoutput::Relation) -> Result<Rel> {
+        let oids: Vec<u32> = r.columns.iter().map(|c| c.type_oid).collect();
+        let kinds = self.types.resolve(&self.client, &self.s.params, &oids).await?;
+        let columns: Vec<String> = r.columns.iter().map(|c| c.name.clone()).collect();
+        let pk = super::catalog::primary_key(&self.client, &self.s.params, r.oid).await?;
+        let key = match pk {
+            names if !names.is_empty() => {
+                names.iter().filter_map(|k| columns.iter().position(|c| c == k)).collect()
+            }
+            // No key in the catalog now: the identity columns the server marked, unless FULL.
+            _ if r.replica_identity != b'f' => {
+                r.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect()
+            }
+            _ => Vec::new(),
+        };
+        let captured = self.s.filter.captures(&r.namespace, &r.name);
+        let table = Table { schema: r.namespace.clone(), name: r.name.clone(), columns, key };
+        Ok(Rel { table: Arc::new(table), kinds, captured })
+    }
+
+    /// Sends what the decoder produced, answering the server while the pipeline is full.
+    async fn send(
+        &mut self,
+        conn: &mut ReplConn,
+        tx: &mpsc::Sender<Result<Vec<SourceMessage>>>,
+        tick: &mut tokio::time::Interval,
+    ) -> Result<()> {
+        let batch = std::mem::take(&mut self.decoder.out);
+        let permit = loop {
+            tokio::select! {
+                biased;
+                p = tx.reserve() => break p.map_err(|_| Error::internal("the pipeline stopped reading"))?,
+                _ = tick.tick() => conn.send_status(self.flushed, false).await?,
+            }
+        };
+        permit.send(Ok(batch));
+        Ok(())
+    }
+
+    fn malformed(&self, lsn: u64, e: pgoutput::DecodeError) -> Error {
+        Error::new(
+            crate::error::Kind::Encode,
+            format!("cannot decode the pgoutput message at LSN {} of slot {}", format_lsn(lsn), self.s.slot),
+        )
+        .with_source(e)
+    }
+}
+
+/// The (sub)transaction xid a streamed message carries.
+fn subxid(m: &Message<'_>) -> Option<u32> {
+    match m {
+        Message::Relation(r) => r.xid,
+        Message::Type { xid, .. }
+        | Message::Insert { xid, .. }
+        | Message::Update { xid, .. }
+        | Message::Delete { xid, .. }
+        | Message::Truncate { xid, .. }
+        | Message::LogicalMessage { xid, .. } => *xid,
+        _ => None,
+    }
+}
