@@ -149,7 +149,8 @@ impl Encoder {
                 write_str(w, &ev.table.schema);
                 w.extend_from_slice(b",\"table\":");
                 write_str(w, &ev.table.name);
-                let _ = write!(w, ",\"txId\":{tx_id},\"lsn\":{lsn}");
+                // xmin: Debezium sends it only with `xmin.fetch.interval.ms`; always null here.
+                let _ = write!(w, ",\"txId\":{tx_id},\"lsn\":{lsn},\"xmin\":null");
             }
         }
         w.extend_from_slice(b"},\"op\":\"");

@@ -44,7 +44,7 @@ fn murmur2(data: &[u8]) -> i32 {
     h as i32
 }
 
-fn partition_of(key: &[u8], partitions: i32) -> i32 {
+pub fn partition_of(key: &[u8], partitions: i32) -> i32 {
     (murmur2(key) & 0x7fff_ffff) % partitions
 }
 
@@ -61,17 +61,17 @@ fn murmur2_matches_java_reference_values() {
 
 /// One consumed record.
 #[derive(Debug, Clone)]
-struct Rec {
-    partition: i32,
-    key: Option<Vec<u8>>,
-    value: Option<Value>,
+pub struct Rec {
+    pub partition: i32,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Value>,
 }
 
 /// Reads every record of `topics` from the beginning until `done(records)` or the timeout.
 /// A consumer that reads nothing for 20 s is replaced and reading starts over: a client that
 /// bootstraps while the broker is being fenced after a stall can forget the broker for good
 /// (confluentinc/librdkafka#5301, the bug docs/kafka.md describes for the producer).
-fn consume(
+pub fn consume(
     topics: &[String],
     timeout: Duration,
     done: impl Fn(&HashMap<String, Vec<Rec>>) -> bool,
@@ -142,7 +142,7 @@ fn consume(
     got
 }
 
-fn kafka_args(prefix: &str) -> Vec<String> {
+pub fn kafka_args(prefix: &str) -> Vec<String> {
     [
         "--sink",
         "kafka",

@@ -14,8 +14,12 @@ mod mysql_tls;
 mod mysql_types;
 mod pg_e2e;
 mod pg_faults;
+#[cfg(feature = "kafka")]
+mod pg_kafka;
+mod pg_newest;
 mod pg_server;
 mod pg_support;
+mod pg_tls;
 mod pg_types;
 mod run_loop;
 mod support;

@@ -72,8 +72,9 @@ pub async fn run(
     }
     let sql = super::slot::start_command(&s.slot, &s.publication, start, conn.server_version);
     conn.start_replication(&sql).await?;
-    tracing::info!(slot = %s.slot, lsn = %format_lsn(start), version = conn.server_version, "streaming from the slot");
-    let parallel = super::slot::protocol(conn.server_version).1 == Some("parallel");
+    let (proto, streaming) = super::slot::protocol(conn.server_version);
+    let parallel = streaming == Some("parallel");
+    tracing::info!(slot = %s.slot, lsn = %format_lsn(start), server = conn.server_version, proto, "streaming from the slot");
     let mut st = State {
         decoder: Decoder::new(&s.db, start),
         rels: HashMap::new(),
