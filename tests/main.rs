@@ -18,6 +18,7 @@ mod pg_faults;
 mod pg_kafka;
 mod pg_newest;
 mod pg_server;
+mod pg_slots;
 mod pg_support;
 mod pg_tls;
 mod pg_types;

@@ -221,3 +221,23 @@ async fn snapshot_meets_the_stream_exactly_and_restarts_repeat_nothing() {
     assert!(cdc.stop().success());
     pg_cleanup(&name).await;
 }
+
+#[tokio::test]
+async fn a_table_first_described_inside_a_streamed_transaction_decodes_after_it() {
+    // The test bed streams every transaction over 64 kB: the first change of `t` in this
+    // session is inside a streamed one, and the server sends no Relation again after it.
+    let name = unique("pgrel");
+    pg_schema(&name, &["CREATE TABLE t (id INT PRIMARY KEY, pad TEXT)"]).await;
+    let dir = workdir("pgrel");
+    let mut cdc = Running::postgres(&dir, &name, &format!("{name}.t"), &[]);
+    cdc.wait_log("streaming from the slot", T).await;
+    pg_sql(&[
+        &format!("INSERT INTO {name}.t SELECT g, repeat('x', 200) FROM generate_series(1, 2000) g"),
+        &format!("INSERT INTO {name}.t VALUES (0, 'small')"),
+    ])
+    .await;
+    let evs = cdc.wait_for("the small insert", T, |e| e.iter().any(|e| e["key"] == json!({"id": 0}))).await;
+    assert_eq!(evs.len(), 2001);
+    assert!(cdc.stop().success());
+    pg_cleanup(&name).await;
+}

@@ -26,19 +26,10 @@ pub struct Rel {
     pub captured: bool,
 }
 
-/// Relations by OID: the session's, and those of the streamed transaction being replayed.
-pub struct Rels<'a> {
-    /// Relations of the session.
-    pub session: &'a HashMap<u32, Arc<Rel>>,
-    /// Relations sent inside the streamed transaction being replayed (they win).
-    pub overlay: Option<&'a HashMap<u32, Arc<Rel>>>,
-}
-
-impl Rels<'_> {
-    fn get(&self, oid: u32) -> Option<&Arc<Rel>> {
-        self.overlay.and_then(|o| o.get(&oid)).or_else(|| self.session.get(&oid))
-    }
-}
+/// Relations by OID, as the stream last described them. A streamed transaction's Relation
+/// messages are applied when it is replayed at its commit, as Postgres's own apply worker
+/// does: the server counts them as sent to the session from then on.
+pub type Rels = HashMap<u32, Arc<Rel>>;
 
 struct Txn {
     xid: u32,
@@ -90,7 +81,7 @@ impl Decoder {
     }
 
     /// Insert, Update, Delete or Truncate at WAL position `lsn`.
-    pub fn change(&mut self, rels: &Rels<'_>, msg: &Message<'_>, lsn: u64) -> Result<()> {
+    pub fn change(&mut self, rels: &Rels, msg: &Message<'_>, lsn: u64) -> Result<()> {
         match msg {
             Message::Insert { rel, new, .. } => {
                 let Some(r) = self.captured(rels, *rel, lsn)? else { return Ok(()) };
@@ -132,8 +123,8 @@ impl Decoder {
         }
     }
 
-    fn captured(&self, rels: &Rels<'_>, oid: u32, lsn: u64) -> Result<Option<Arc<Rel>>> {
-        match rels.get(oid) {
+    fn captured(&self, rels: &Rels, oid: u32, lsn: u64) -> Result<Option<Arc<Rel>>> {
+        match rels.get(&oid) {
             Some(r) if r.captured => Ok(Some(r.clone())),
             Some(_) => Ok(None),
             None => Err(Error::internal(format!(

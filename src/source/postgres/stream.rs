@@ -125,7 +125,7 @@ pub async fn run(
 
 struct State {
     decoder: Decoder,
-    rels: HashMap<u32, Arc<Rel>>,
+    rels: Rels,
     types: Types,
     streams: Streams,
     in_stream: Option<u32>,
@@ -168,8 +168,7 @@ impl State {
             | Message::Update { .. }
             | Message::Delete { .. }
             | Message::Truncate { .. }) => {
-                let rels = Rels { session: &self.rels, overlay: None };
-                self.decoder.change(&rels, &m, lsn)?;
+                self.decoder.change(&self.rels, &m, lsn)?;
             }
             _ => {}
         }
@@ -189,7 +188,6 @@ impl State {
         tx: &mpsc::Sender<Result<Vec<SourceMessage>>>,
     ) -> Result<()> {
         let mut replay = self.streams.take(xid)?;
-        let mut overlay: HashMap<u32, Arc<Rel>> = HashMap::new();
         let mut tick = tokio::time::interval(STATUS_INTERVAL);
         self.decoder.begin(xid, commit_lsn, commit_ts);
         while let Some((lsn, data)) = replay.next_message()? {
@@ -197,11 +195,10 @@ impl State {
             match msg {
                 Message::Relation(r) => {
                     let rel = self.relation(&r).await?;
-                    overlay.insert(r.oid, Arc::new(rel));
+                    self.rels.insert(r.oid, Arc::new(rel));
                 }
                 m => {
-                    let rels = Rels { session: &self.rels, overlay: Some(&overlay) };
-                    self.decoder.change(&rels, &m, lsn)?;
+                    self.decoder.change(&self.rels, &m, lsn)?;
                 }
             }
             if self.decoder.out.len() >= BATCH {
