@@ -143,12 +143,17 @@ async fn snapshot_meets_the_stream_exactly_and_restarts_repeat_nothing() {
     let dir = workdir("pgsnap");
     // Writes run before, during and after the snapshot: each row's last event must show
     // its final value, and no change may be delivered twice.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = tokio::spawn({
-        let name = name.clone();
+        let (name, done) = (name.clone(), done.clone());
         async move {
             let c = pg().await;
             c.batch_execute(&format!("SET search_path = {name}")).await.unwrap();
-            for i in 0..400 {
+            // Until the snapshot has finished, then 50 more: writes straddle the seam.
+            let mut after = 0;
+            let mut i: i64 = 0;
+            while after < 50 && i < 20000 {
+                after += i64::from(done.load(std::sync::atomic::Ordering::Relaxed));
                 let id = 1 + (i * 241) % 100000;
                 c.batch_execute(&format!(
                     "UPDATE t SET v = v + 1 WHERE id = {id}; INSERT INTO t VALUES ({}, 1, 'w')",
@@ -157,11 +162,15 @@ async fn snapshot_meets_the_stream_exactly_and_restarts_repeat_nothing() {
                 .await
                 .unwrap();
                 tokio::time::sleep(Duration::from_millis(5)).await;
+                i += 1;
             }
+            i
         }
     });
     let mut cdc = Running::postgres(&dir, &name, &format!("{name}.*"), &["--snapshot-parallelism", "2"]);
-    writer.await.unwrap();
+    cdc.wait_log("snapshot finished", Duration::from_secs(180)).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.await.unwrap();
     let c = pg().await;
     let want: Vec<(i32, i32)> = c
         .query(&format!("SELECT id, v FROM {name}.t ORDER BY id"), &[])
@@ -200,7 +209,14 @@ async fn snapshot_meets_the_stream_exactly_and_restarts_repeat_nothing() {
             assert_eq!(vs.len(), 1, "an inserted row once: {id}: {vs:?}");
         }
     }
-    assert_eq!(seen.len(), 100000 + 400 + 1);
+    assert_eq!(seen.len() as i64, 100000 + writes + 1);
+    let inserted = |op: &str| seen.range(100001..).filter(|(_, vs)| vs[0].0 == op).count();
+    assert!(
+        inserted("r") > 0 && inserted("c") > 0,
+        "writes straddled the seam: {} read, {} streamed",
+        inserted("r"),
+        inserted("c")
+    );
     assert_eq!(of_pg_table(&evs, &name, "nokey").len(), 5000);
     let snaps: Vec<&str> = evs
         .iter()
@@ -238,6 +254,61 @@ async fn a_table_first_described_inside_a_streamed_transaction_decodes_after_it(
     .await;
     let evs = cdc.wait_for("the small insert", T, |e| e.iter().any(|e| e["key"] == json!({"id": 0}))).await;
     assert_eq!(evs.len(), 2001);
+    assert!(cdc.stop().success());
+    pg_cleanup(&name).await;
+}
+
+#[tokio::test]
+async fn interleaved_transactions_arrive_in_commit_order_and_aborted_savepoints_vanish() {
+    // On the test bed every transaction over 64 kB is streamed before it commits: the big
+    // one below arrives in blocks around the small one that commits first.
+    let name = unique("pginter");
+    pg_schema(
+        &name,
+        &[
+            "CREATE TABLE t (id INT PRIMARY KEY, pad TEXT)",
+            "CREATE TABLE u (id INT PRIMARY KEY)",
+            "CREATE TABLE w (id INT PRIMARY KEY)",
+        ],
+    )
+    .await;
+    let dir = workdir("pginter");
+    let mut cdc = Running::postgres(&dir, &name, &format!("{name}.*"), &[]);
+    cdc.wait_log("streaming from the slot", T).await;
+    let (a, b) = (pg().await, pg().await);
+    a.batch_execute(&format!("SET search_path = {name}")).await.unwrap();
+    b.batch_execute(&format!("SET search_path = {name}")).await.unwrap();
+    a.batch_execute("BEGIN; INSERT INTO t SELECT g, repeat('a', 200) FROM generate_series(1, 1000) g")
+        .await
+        .unwrap();
+    b.batch_execute("BEGIN; INSERT INTO u VALUES (1); COMMIT").await.unwrap();
+    a.batch_execute("INSERT INTO t SELECT g, repeat('a', 200) FROM generate_series(1001, 2000) g; COMMIT")
+        .await
+        .unwrap();
+    // A savepoint rolled back after the session's first (and big) change of `w`: its
+    // description must survive the rollback.
+    b.batch_execute(
+        "BEGIN; SAVEPOINT s; INSERT INTO w SELECT g FROM generate_series(100, 5000) g; ROLLBACK TO SAVEPOINT s; \
+         INSERT INTO w VALUES (2); COMMIT",
+    )
+    .await
+    .unwrap();
+    b.batch_execute("INSERT INTO u VALUES (3)").await.unwrap();
+    let evs = cdc
+        .wait_for("the last insert", T, |e| {
+            e.iter().any(|e| e["key"] == json!({"id": 3}) && e["value"]["source"]["table"] == "u")
+        })
+        .await;
+    let order: Vec<(String, i64)> = evs
+        .iter()
+        .map(|e| {
+            (e["value"]["source"]["table"].as_str().unwrap().to_owned(), e["key"]["id"].as_i64().unwrap())
+        })
+        .collect();
+    let mut want = vec![("u".to_string(), 1)];
+    want.extend((1..=2000).map(|i| ("t".to_string(), i)));
+    want.extend([("w".to_string(), 2), ("u".to_string(), 3)]);
+    assert_eq!(order, want, "commit order; nothing of the rolled-back savepoint");
     assert!(cdc.stop().success());
     pg_cleanup(&name).await;
 }

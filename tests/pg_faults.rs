@@ -42,7 +42,9 @@ async fn five_kills_under_writes_lose_nothing_and_keep_key_order() {
     cdc.wait_log("streaming from the slot", T).await;
     let writer = tokio::spawn(pg_writes(name.clone(), 1, 600, Duration::from_millis(8)));
     for _ in 0..5 {
-        tokio::time::sleep(Duration::from_millis(900)).await;
+        // Each kill lands while the run streams and stores, not during its start-up.
+        cdc.wait_log("streaming from the slot", T).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
         cdc.kill();
         cdc = Running::postgres(&dir, &name, &tables, &[]);
     }
@@ -63,6 +65,14 @@ async fn five_kills_under_writes_lose_nothing_and_keep_key_order() {
         assert_eq!(got[&id].last(), Some(&v), "the last event of {id} is its final value");
     }
     assert!(cdc.stop().success());
+    // The slot was never confirmed past what the offset store holds.
+    let (code, shown, _) =
+        run(&["offsets", "show", "--name", &name, "--state-dir", dir.join("state").to_str().unwrap()], &[]);
+    assert_eq!(code, 0);
+    let stored =
+        serde_json::from_str::<serde_json::Value>(&shown).unwrap()["position"]["lsn"].as_u64().unwrap();
+    let confirmed = confirmed_flush(&slot_of(&name)).await.unwrap();
+    assert!(confirmed <= stored, "slot confirmed to {confirmed}, stored {stored}");
     pg_cleanup(&name).await;
 }
 

@@ -48,6 +48,24 @@ fn cases() -> Vec<(&'static str, &'static str, Value)> {
         ("cidr", "'10.0.0.0/8'", json!("10.0.0.0/8")),
         ("macaddr", "'08:00:2b:01:02:03'", json!("08:00:2b:01:02:03")),
         ("point", "'(1,2)'", json!("(1,2)")),
+        ("timestamptz", "'infinity'", json!("infinity")),
+        ("date", "'-infinity'", json!("-infinity")),
+        ("double precision", "'-Infinity'", json!("-Infinity")),
+        ("real", "'NaN'", json!("NaN")),
+        (
+            "timestamptz[]",
+            "ARRAY['2024-01-31 12:00:00+00'::timestamptz, NULL]",
+            json!(["2024-01-31T12:00:00Z", null]),
+        ),
+        ("numeric[]", "'{1.50,NaN}'", json!(["1.50", "NaN"])),
+        ("bytea[]", "ARRAY['\\x0102'::bytea]", json!(["AQI="])),
+        ("jsonb[]", "ARRAY['{\"a\": 1}'::jsonb]", json!(["{\"a\": 1}"])),
+        (
+            "uuid[]",
+            "'{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}'",
+            json!(["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"]),
+        ),
+        ("name_t", "'ada'", json!("ada")),
         ("integer", "NULL", json!(null)),
     ]
 }
@@ -63,6 +81,7 @@ async fn every_type_maps_the_same_in_snapshot_and_stream() {
         &[
             "CREATE TYPE mood AS ENUM ('sad', 'happy')",
             "CREATE DOMAIN posint AS integer CHECK (VALUE > 0)",
+            "CREATE DOMAIN name_t AS text CHECK (VALUE <> '')",
             &format!("CREATE TABLE t (id INT PRIMARY KEY, {})", cols.join(", ")),
             &format!("INSERT INTO t VALUES (1, {})", vals.join(", ")),
         ],

@@ -96,8 +96,12 @@ impl Decoder {
                 };
                 let full = matches!(old, Some(Old::Full(_)));
                 let after = self.row(&r, new, before.as_deref().filter(|_| full), lsn)?;
+                // Only a key the old tuple carries can be compared (an identity index other
+                // than the primary key sends its own columns, the key's as nulls).
                 let key_changed = before.as_ref().is_some_and(|b| {
-                    !r.table.key.is_empty() && r.table.key.iter().any(|&i| b[i] != after[i])
+                    !r.table.key.is_empty()
+                        && r.table.key.iter().all(|&i| b[i] != Value::Null)
+                        && r.table.key.iter().any(|&i| b[i] != after[i])
                 });
                 if key_changed {
                     self.push(&r, *rel, Op::Delete, before, None, lsn)?;

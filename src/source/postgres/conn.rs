@@ -165,10 +165,29 @@ impl Params {
             }
             "42501" => (Kind::Auth, "grant the privileges `cdc check --source postgres` lists"),
             "3D000" => (Kind::Config, "the database in --source-url does not exist"),
-            "55000" if message.contains("slot") => (
+            "55000"
+                if [
+                    "can no longer get changes",
+                    "cannot read from logical replication slot",
+                    "invalidated",
+                ]
+                .iter()
+                .any(|m| message.contains(m)) =>
+            {
+                (
+                    Kind::PositionLost,
+                    "the replication slot was invalidated (its WAL was removed): drop it, then `cdc offsets reset` and \
+                     run again to take a new snapshot",
+                )
+            }
+            "55000" => (
+                Kind::Config,
+                "the server is not set up for logical replication: see `cdc check --source postgres`",
+            ),
+            "42704" if message.contains("publication") => (
                 Kind::PositionLost,
-                "the replication slot was invalidated (its WAL was removed): drop it, then `cdc offsets reset` and run \
-                 again to take a new snapshot",
+                "the publication was dropped: changes made while it was missing were never published; run `cdc offsets \
+                 reset` (a new snapshot) after creating it again",
             ),
             "53400" => (
                 Kind::Config,

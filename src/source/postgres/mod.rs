@@ -102,7 +102,7 @@ async fn run(s: Settings, resume: Option<PgPosition>, tx: Tx, acks: watch::Recei
     let client = s.params.sql("connect").await?;
     let tables: Vec<(String, String)> =
         catalog::captured(&client, &s.params, &s.filter).await?.into_iter().map(|(_, a, b)| (a, b)).collect();
-    slot::ensure_publication(&client, &s.params, &s.publication, &tables).await?;
+    slot::ensure_publication(&client, &s.params, &s.publication, &tables, resume.is_some()).await?;
     let info = slot::slot(&client, &s.params, &s.slot).await?;
     let job = |exported, point, resumed| snapshot::Job {
         params: &s.params,
@@ -126,6 +126,10 @@ async fn run(s: Settings, resume: Option<PgPosition>, tx: Tx, acks: watch::Recei
                     if !snapshot::run(job(None, p.lsn, Some(progress)), None, &tx).await? {
                         return Ok(());
                     }
+                    if s.mode == SnapshotMode::InitialOnly {
+                        end().await;
+                        return Ok(());
+                    }
                 }
                 None if s.mode == SnapshotMode::InitialOnly => {
                     end().await;
@@ -137,8 +141,11 @@ async fn run(s: Settings, resume: Option<PgPosition>, tx: Tx, acks: watch::Recei
         }
         None => {
             let snapshot = s.mode != SnapshotMode::Never;
-            if info.is_some() && snapshot {
-                tracing::warn!(slot = %s.slot, "no offset is stored: dropping the existing slot to pair a new one with the snapshot");
+            if let Some(i) = info.as_ref().filter(|_| snapshot) {
+                // Only a slot that can be ours: another tool's slot is never dropped.
+                slot::ours(i, &s.slot, &s.db)?;
+                let at = i.confirmed_flush.map(crate::position::format_lsn).unwrap_or_default();
+                tracing::warn!(slot = %s.slot, confirmed_flush = %at, "no offset is stored: dropping the existing slot to pair a new one with the snapshot");
                 slot::drop(&client, &s.params, &s.slot).await?;
             }
             let mut repl = replication::ReplConn::connect(&s.params).await?;

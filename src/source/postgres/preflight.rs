@@ -33,9 +33,11 @@ pub async fn checks(config: &Config, params: &Params, resume: Option<&PgPosition
             format!("{wal}: set wal_level = logical in postgresql.conf (ALTER SYSTEM SET wal_level = logical) and restart the server"),
         ),
     });
-    let role =
-        q("SELECT rolsuper, rolreplication, current_user::text FROM pg_roles WHERE rolname = current_user")
-            .await?;
+    // rds_replication: RDS and Aurora grant replication by that role, not the attribute.
+    let role = q("SELECT rolsuper, rolreplication OR CASE WHEN EXISTS (SELECT FROM pg_roles WHERE rolname = 'rds_replication') \
+                  THEN pg_has_role(current_user, 'rds_replication', 'member') ELSE false END, current_user::text \
+                  FROM pg_roles WHERE rolname = current_user")
+    .await?;
     let (sup, repl, user): (bool, bool, String) = (role.get(0), role.get(1), role.get(2));
     out.push(match sup || repl {
         true => line(
@@ -135,7 +137,8 @@ async fn tables_checks(
     let pubrow = c
         .query_opt(
             "SELECT p.puballtables, p.pubowner = (SELECT oid FROM pg_roles WHERE rolname = current_user), \
-             ARRAY(SELECT schemaname || '.' || tablename FROM pg_publication_tables t WHERE t.pubname = p.pubname) \
+             ARRAY(SELECT schemaname || '.' || tablename FROM pg_publication_tables t WHERE t.pubname = p.pubname), \
+             p.pubinsert AND p.pubupdate AND p.pubdelete AND p.pubtruncate \
              FROM pg_publication p WHERE p.pubname = $1",
             &[&config.publication],
         )
@@ -144,6 +147,14 @@ async fn tables_checks(
     let publication = &config.publication;
     out.push(match pubrow {
         None => line("publication", Status::Ok, format!("{publication} will be created for the captured tables")),
+        Some(r) if !r.get::<_, bool>(3) => line(
+            "publication",
+            Status::Fail(Kind::Config),
+            format!(
+                "{publication} does not publish every kind of change: ALTER PUBLICATION {publication} SET (publish = \
+                 'insert, update, delete, truncate')"
+            ),
+        ),
         Some(r) if r.get::<_, bool>(0) => line("publication", Status::Ok, format!("{publication} publishes all tables")),
         Some(r) => {
             let covered: Vec<String> = r.get(2);
@@ -164,14 +175,17 @@ async fn tables_checks(
     for &(oid, _, _) in tables {
         let t = catalog::describe(c, params, &mut types, oid).await?;
         let name = t.table.qualified();
-        if t.table.key.is_empty() && t.replica_identity != b'f' {
-            keyless.push(name);
-        } else if t.toastable && t.replica_identity == b'd' {
-            toasted.push(name);
+        if t.table.key.is_empty() {
+            keyless.push(name.clone());
+        }
+        if t.replica_identity == b'i' {
+            toasted.push(format!("{name} (REPLICA IDENTITY USING INDEX: deletes carry that index's columns, not the primary key)"));
+        } else if t.toastable && t.replica_identity == b'd' && !t.table.key.is_empty() {
+            toasted.push(format!("{name} (TOAST-able columns under REPLICA IDENTITY DEFAULT)"));
         }
     }
     out.push(match keyless.is_empty() {
-        true => line("primary keys", Status::Ok, "every captured table has a primary key (or REPLICA IDENTITY FULL)".into()),
+        true => line("primary keys", Status::Ok, "every captured table has a primary key".into()),
         false => line(
             "primary keys",
             Status::Warn,
@@ -183,13 +197,13 @@ async fn tables_checks(
         ),
     });
     out.push(match toasted.is_empty() {
-        true => line("replica identity", Status::Ok, "no TOAST-able column under REPLICA IDENTITY DEFAULT".into()),
+        true => line("replica identity", Status::Ok, "no TOAST-able column under REPLICA IDENTITY DEFAULT, no identity index".into()),
         false => line(
             "replica identity",
             Status::Warn,
             format!(
-                "{} have TOAST-able columns under REPLICA IDENTITY DEFAULT: an UPDATE that leaves a large value unchanged \
-                 sends \"__cdc_unavailable_value\" for it; ALTER TABLE ... REPLICA IDENTITY FULL sends the value",
+                "{}: an UPDATE that leaves a large value unchanged sends \"__cdc_unavailable_value\" for it, and \
+                 before images hold only the identity's columns; ALTER TABLE ... REPLICA IDENTITY FULL sends every value",
                 toasted.join(", ")
             ),
         ),

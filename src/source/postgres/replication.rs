@@ -378,7 +378,11 @@ impl ReplConn {
             Io::Plain(s) => s.read_buf(&mut self.rbuf).await,
             Io::Tls(s) => s.read_buf(&mut self.rbuf).await,
         }
-        .map_err(|e| self.params.transport_error(doing, e))?;
+        // After the handshake a TLS error is a broken connection like any other: retried.
+        .map_err(|e| {
+            Error::unavailable(format!("cannot {doing}: the connection to {} broke", self.params.endpoint()))
+                .with_source(e)
+        })?;
         if n == 0 {
             return Err(self.params.transport_error(doing, "the server closed the connection"));
         }
@@ -394,7 +398,10 @@ impl ReplConn {
                 Err(e) => Err(e),
             },
         };
-        written.map_err(|e| self.params.transport_error("write to the server", e))
+        written.map_err(|e| {
+            Error::unavailable(format!("cannot write to {}: the connection broke", self.params.endpoint()))
+                .with_source(e)
+        })
     }
 
     fn error(&self, body: &backend::ErrorResponseBody, doing: &str) -> Error {

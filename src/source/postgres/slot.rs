@@ -47,13 +47,16 @@ pub async fn slot(client: &Client, params: &Params, name: &str) -> Result<Option
     }))
 }
 
-/// Makes sure publication `name` publishes every table of `tables`: creates it when
-/// missing, adds what is missing when we own it, else stops with 78 naming the tables.
+/// Makes sure publication `name` publishes every change of every table of `tables`: creates
+/// it when missing, adds missing tables when we own it, else stops with 78 naming them. A
+/// publication missing under a stored offset (`resuming`) is a lost position: what was
+/// written while it did not exist was never published.
 pub async fn ensure_publication(
     client: &Client,
     params: &Params,
     name: &str,
     tables: &[(String, String)],
+    resuming: bool,
 ) -> Result<()> {
     let doing = "set up the publication";
     if tables.is_empty() {
@@ -65,13 +68,23 @@ pub async fn ensure_publication(
     let list = |ts: &[&(String, String)]| ts.iter().map(|(s, t)| quoted(s, t)).collect::<Vec<_>>().join(", ");
     let existing = client
         .query_opt(
-            "SELECT p.puballtables, p.pubowner = (SELECT oid FROM pg_roles WHERE rolname = current_user) \
+            "SELECT p.puballtables, p.pubowner = (SELECT oid FROM pg_roles WHERE rolname = current_user), \
+             p.pubinsert AND p.pubupdate AND p.pubdelete AND p.pubtruncate, p.pubviaroot \
              FROM pg_publication p WHERE p.pubname = $1",
             &[&name],
         )
         .await
         .map_err(|e| params.classify(e, doing))?;
     let Some(existing) = existing else {
+        if resuming {
+            return Err(Error::new(
+                Kind::PositionLost,
+                format!(
+                    "publication {name} does not exist, but an offset is stored: changes written without it were never \
+                     published; run `cdc offsets reset` (and drop slot {name} if it is cdc's) to start over with a snapshot"
+                ),
+            ));
+        }
         let all: Vec<&(String, String)> = tables.iter().collect();
         let sql = format!(
             "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
@@ -82,6 +95,19 @@ pub async fn ensure_publication(
         tracing::info!(publication = name, tables = tables.len(), "created the publication");
         return Ok(());
     };
+    if !existing.get::<_, bool>(2) {
+        return Err(Error::config(format!(
+            "publication {name} does not publish every kind of change: ALTER PUBLICATION {} SET (publish = 'insert, \
+             update, delete, truncate')",
+            ident(name)
+        )));
+    }
+    if !existing.get::<_, bool>(3) {
+        tracing::warn!(
+            publication = name,
+            "publish_via_partition_root is off: changes of partitioned tables arrive under their partitions' names"
+        );
+    }
     if existing.get::<_, bool>(0) {
         return Ok(());
     }
@@ -169,12 +195,7 @@ pub fn check_resume(info: Option<&SlotInfo>, name: &str, db: &str, lsn: u64) -> 
             ),
         ));
     }
-    if s.plugin.as_deref().is_some_and(|p| p != "pgoutput") || s.database.as_deref().is_some_and(|d| d != db)
-    {
-        return Err(Error::config(format!(
-            "replication slot {name} is not a pgoutput slot of database {db}: use another --slot"
-        )));
-    }
+    ours(s, name, db)?;
     if let Some(flushed) = s.confirmed_flush.filter(|f| *f > lsn) {
         return Err(Error::new(
             Kind::PositionLost,
@@ -184,6 +205,17 @@ pub fn check_resume(info: Option<&SlotInfo>, name: &str, db: &str, lsn: u64) -> 
                 format_lsn(lsn)
             ),
         ));
+    }
+    Ok(())
+}
+
+/// Stops with 78 unless slot `name` is a pgoutput slot of database `db` (one cdc may use).
+pub fn ours(s: &SlotInfo, name: &str, db: &str) -> Result<()> {
+    if s.plugin.as_deref().is_some_and(|p| p != "pgoutput") || s.database.as_deref().is_some_and(|d| d != db)
+    {
+        return Err(Error::config(format!(
+            "replication slot {name} is not a pgoutput slot of database {db}: use another --slot"
+        )));
     }
     Ok(())
 }

@@ -139,9 +139,14 @@ pub async fn run(
         let source = Source::Postgres { db, tx_id: xmin as u32, lsn: job.point, last_commit_lsn: None };
         tokio::spawn(async move {
             for c in mine {
-                if let Err(e) = read(&client, &p, &tables[c.table], &c, &source, &ptx).await {
-                    let _ = ptx.send(Err(e)).await;
-                    return;
+                match read(&client, &p, &tables[c.table], &c, &source, &ptx).await {
+                    Ok(true) => {}
+                    // The emitter is gone (stop or error): no more COPY, the snapshot ends.
+                    Ok(false) => return,
+                    Err(e) => {
+                        let _ = ptx.send(Err(e)).await;
+                        return;
+                    }
                 }
             }
         });
@@ -279,7 +284,7 @@ async fn plan(
     Ok(out)
 }
 
-/// Reads one chunk with COPY into `out`, as `op: "r"` events.
+/// Reads one chunk with COPY into `out`, as `op: "r"` events; false when `out` is closed.
 async fn read(
     c: &Client,
     p: &Params,
@@ -287,7 +292,7 @@ async fn read(
     chunk: &Chunk,
     source: &Source,
     out: &mpsc::Sender<Result<Piece>>,
-) -> Result<()> {
+) -> Result<bool> {
     let cols: Vec<String> = t.table.columns.iter().map(|c| ident(c)).collect();
     let mut sql = format!("COPY (SELECT {} FROM {}", cols.join(", "), quoted(&t.table.schema, &t.table.name));
     if !chunk.filter.is_empty() {
@@ -319,16 +324,15 @@ async fn read(
             });
             if rows.len() >= SEND_ROWS && out.send(Ok(Piece::Rows(std::mem::take(&mut rows)))).await.is_err()
             {
-                return Ok(());
+                return Ok(false);
             }
         }
         carry.drain(..start);
     }
-    if !rows.is_empty() {
-        let _ = out.send(Ok(Piece::Rows(rows))).await;
+    if !rows.is_empty() && out.send(Ok(Piece::Rows(rows))).await.is_err() {
+        return Ok(false);
     }
-    let _ = out.send(Ok(Piece::End)).await;
-    Ok(())
+    Ok(out.send(Ok(Piece::End)).await.is_ok())
 }
 
 fn decode_line(t: &TableInfo, line: &[u8]) -> Result<Vec<Value>> {

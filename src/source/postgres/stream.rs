@@ -26,7 +26,7 @@ use crate::source::SourceMessage;
 use crate::source::mysql::Filter;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 
@@ -73,8 +73,8 @@ pub async fn run(
     let sql = super::slot::start_command(&s.slot, &s.publication, start, conn.server_version);
     conn.start_replication(&sql).await?;
     let (proto, streaming) = super::slot::protocol(conn.server_version);
-    let parallel = streaming == Some("parallel");
     tracing::info!(slot = %s.slot, lsn = %format_lsn(start), server = conn.server_version, proto, "streaming from the slot");
+    let status_every = status_interval(&client, &s.params).await?;
     let mut st = State {
         decoder: Decoder::new(&s.db, start),
         rels: HashMap::new(),
@@ -83,11 +83,19 @@ pub async fn run(
         in_stream: None,
         client,
         s,
-        flushed: *acks.borrow_and_update(),
+        conn,
+        tx,
+        parallel: streaming == Some("parallel"),
+        // `start` is stored (or the slot's own position): confirming it at once releases WAL
+        // a previous run may have left unconfirmed.
+        flushed: start.max(*acks.borrow_and_update()),
+        status_every,
+        last_status: Instant::now(),
     };
-    let mut tick = tokio::time::interval(STATUS_INTERVAL);
+    st.status().await?;
     let mut first = true;
     loop {
+        let due = st.last_status + st.status_every;
         tokio::select! {
             biased;
             // Acknowledgements first: they let the server free WAL.
@@ -96,18 +104,18 @@ pub async fn run(
                     return Ok(());
                 }
                 st.flushed = *acks.borrow_and_update();
-                conn.send_status(st.flushed, false).await?;
+                st.status().await?;
             }
-            _ = tick.tick() => conn.send_status(st.flushed, false).await?,
-            m = conn.recv() => {
+            () = tokio::time::sleep_until(due.into()) => st.status().await?,
+            m = st.conn.recv() => {
                 if std::mem::take(&mut first) {
                     crate::source::STREAMED.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 match m? {
-                    CopyMsg::XLogData { start, data } => st.on_data(start, &data, parallel, &mut conn, &tx).await?,
+                    CopyMsg::XLogData { start, data } => st.on_data(start, &data).await?,
                     CopyMsg::Keepalive { wal_end, reply } => {
                         if reply {
-                            conn.send_status(st.flushed, false).await?;
+                            st.status().await?;
                         }
                         // Between Begin and Commit (or inside a stream block) nothing is settled.
                         if st.in_stream.is_none() {
@@ -115,12 +123,28 @@ pub async fn run(
                         }
                     }
                 }
-                if !st.decoder.out.is_empty() && (!conn.has_frame() || st.decoder.out.len() >= BATCH) {
-                    st.send(&mut conn, &tx, &mut tick).await?;
+                if !st.decoder.out.is_empty() && (!st.conn.has_frame() || st.decoder.out.len() >= BATCH) {
+                    st.send().await?;
                 }
             }
         }
     }
+}
+
+/// How often to send a status update: [`STATUS_INTERVAL`], or a third of the server's
+/// `wal_sender_timeout` when that is shorter.
+async fn status_interval(client: &Client, params: &Params) -> Result<Duration> {
+    let row = client
+        .query_one("SELECT setting::bigint FROM pg_settings WHERE name = 'wal_sender_timeout'", &[])
+        .await
+        .map_err(|e| params.classify(e, "read wal_sender_timeout"))?;
+    let ms: i64 = row.get(0);
+    Ok(match ms {
+        ms if ms > 0 => {
+            STATUS_INTERVAL.min(Duration::from_millis(ms as u64 / 3)).max(Duration::from_millis(100))
+        }
+        _ => STATUS_INTERVAL,
+    })
 }
 
 struct State {
@@ -131,20 +155,33 @@ struct State {
     in_stream: Option<u32>,
     client: Client,
     s: Stream,
+    conn: ReplConn,
+    tx: mpsc::Sender<Result<Vec<SourceMessage>>>,
+    parallel: bool,
     flushed: u64,
+    status_every: Duration,
+    last_status: Instant,
 }
 
 impl State {
-    async fn on_data(
-        &mut self,
-        lsn: u64,
-        data: &[u8],
-        parallel: bool,
-        conn: &mut ReplConn,
-        tx: &mpsc::Sender<Result<Vec<SourceMessage>>>,
-    ) -> Result<()> {
-        let msg =
-            pgoutput::parse(data, self.in_stream.is_some(), parallel).map_err(|e| self.malformed(lsn, e))?;
+    /// Confirms `flushed` to the server.
+    async fn status(&mut self) -> Result<()> {
+        self.last_status = Instant::now();
+        self.conn.send_status(self.flushed, false).await
+    }
+
+    /// A status update when one is due: also while replaying or waiting for the pipeline,
+    /// when the main loop is not running.
+    async fn status_if_due(&mut self) -> Result<()> {
+        match self.last_status.elapsed() >= self.status_every {
+            true => self.status().await,
+            false => Ok(()),
+        }
+    }
+
+    async fn on_data(&mut self, lsn: u64, data: &[u8]) -> Result<()> {
+        let msg = pgoutput::parse(data, self.in_stream.is_some(), self.parallel)
+            .map_err(|e| self.malformed(lsn, e))?;
         if let Some(xid) = self.in_stream {
             match msg {
                 Message::StreamStop => self.in_stream = None,
@@ -162,7 +199,7 @@ impl State {
             Message::StreamStart { xid, .. } => self.in_stream = Some(xid),
             Message::StreamAbort { xid, subxid, .. } => self.streams.abort(xid, subxid)?,
             Message::StreamCommit { xid, commit_lsn, end_lsn, commit_ts, .. } => {
-                self.replay(xid, commit_lsn, end_lsn, commit_ts, parallel, conn, tx).await?;
+                self.replay(xid, commit_lsn, end_lsn, commit_ts).await?;
             }
             m @ (Message::Insert { .. }
             | Message::Update { .. }
@@ -176,22 +213,11 @@ impl State {
     }
 
     /// Delivers a committed streamed transaction from its buffers.
-    #[allow(clippy::too_many_arguments)]
-    async fn replay(
-        &mut self,
-        xid: u32,
-        commit_lsn: u64,
-        end_lsn: u64,
-        commit_ts: i64,
-        parallel: bool,
-        conn: &mut ReplConn,
-        tx: &mpsc::Sender<Result<Vec<SourceMessage>>>,
-    ) -> Result<()> {
+    async fn replay(&mut self, xid: u32, commit_lsn: u64, end_lsn: u64, commit_ts: i64) -> Result<()> {
         let mut replay = self.streams.take(xid)?;
-        let mut tick = tokio::time::interval(STATUS_INTERVAL);
         self.decoder.begin(xid, commit_lsn, commit_ts);
         while let Some((lsn, data)) = replay.next_message()? {
-            let msg = pgoutput::parse(data, true, parallel).map_err(|e| self.malformed(lsn, e))?;
+            let msg = pgoutput::parse(data, true, self.parallel).map_err(|e| self.malformed(lsn, e))?;
             match msg {
                 Message::Relation(r) => {
                     let rel = self.relation(&r).await?;
@@ -202,7 +228,7 @@ impl State {
                 }
             }
             if self.decoder.out.len() >= BATCH {
-                self.send(conn, tx, &mut tick).await?;
+                self.send().await?;
             }
         }
         self.decoder.commit(commit_lsn, end_lsn);
@@ -215,39 +241,31 @@ impl State {
         let oids: Vec<u32> = r.columns.iter().map(|c| c.type_oid).collect();
         let kinds = self.types.resolve(&self.client, &self.s.params, &oids).await?;
         let columns: Vec<String> = r.columns.iter().map(|c| c.name.clone()).collect();
+        // The primary key, as the snapshot uses it (never the replica identity's columns: the
+        // key of a row must not depend on which path delivered it).
         let pk = super::catalog::primary_key(&self.client, &self.s.params, r.oid).await?;
-        let key = match pk {
-            names if !names.is_empty() => {
-                names.iter().filter_map(|k| columns.iter().position(|c| c == k)).collect()
-            }
-            // No key in the catalog now: the identity columns the server marked, unless FULL.
-            _ if r.replica_identity != b'f' => {
-                r.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect()
-            }
-            _ => Vec::new(),
-        };
+        let key = pk.iter().filter_map(|k| columns.iter().position(|c| c == k)).collect();
         let captured = self.s.filter.captures(&r.namespace, &r.name);
         let table = Table { schema: r.namespace.clone(), name: r.name.clone(), columns, key };
         Ok(Rel { table: Arc::new(table), kinds, captured })
     }
 
-    /// Sends what the decoder produced, answering the server while the pipeline is full.
-    async fn send(
-        &mut self,
-        conn: &mut ReplConn,
-        tx: &mpsc::Sender<Result<Vec<SourceMessage>>>,
-        tick: &mut tokio::time::Interval,
-    ) -> Result<()> {
+    /// Sends what the decoder produced, confirming to the server while the pipeline is full.
+    async fn send(&mut self) -> Result<()> {
         let batch = std::mem::take(&mut self.decoder.out);
-        let permit = loop {
+        let tx = self.tx.clone();
+        loop {
+            let due = self.last_status + self.status_every;
             tokio::select! {
                 biased;
-                p = tx.reserve() => break p.map_err(|_| Error::internal("the pipeline stopped reading"))?,
-                _ = tick.tick() => conn.send_status(self.flushed, false).await?,
+                p = tx.reserve() => {
+                    p.map_err(|_| Error::internal("the pipeline stopped reading"))?.send(Ok(batch));
+                    break;
+                }
+                () = tokio::time::sleep_until(due.into()) => self.status().await?,
             }
-        };
-        permit.send(Ok(batch));
-        Ok(())
+        }
+        self.status_if_due().await
     }
 
     fn malformed(&self, lsn: u64, e: pgoutput::DecodeError) -> Error {

@@ -106,6 +106,9 @@ impl Streams {
         }
         let Some(log) = self.logs.get_mut(&xid) else { return Ok(()) };
         let Some(&at) = log.first.get(&subxid) else { return Ok(()) };
+        // Relation and Type messages of the aborted part still describe the session's tables
+        // (the server counts them as sent): they survive the cut.
+        let keep = schema_messages(log, at).map_err(|e| spill_error(&self.dir, e))?;
         log.first.retain(|_, &mut o| o < at);
         if at >= log.file_len {
             let keep = (at - log.file_len) as usize;
@@ -118,6 +121,9 @@ impl Streams {
             if let Some(f) = &log.file {
                 f.set_len(at).map_err(|e| spill_error(&self.dir, e))?;
             }
+        }
+        for (lsn, data) in keep {
+            self.append(xid, None, lsn, &data)?;
         }
         Ok(())
     }
@@ -143,6 +149,30 @@ impl Streams {
             let _ = std::fs::remove_file(self.dir.join(format!("{xid}.log")));
         }
     }
+}
+
+/// The Relation (`R`) and Type (`Y`) entries of `log` from offset `at` on.
+fn schema_messages(log: &mut Log, at: u64) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
+    let mut bytes = Vec::new();
+    if at < log.file_len
+        && let Some(f) = log.file.as_mut()
+    {
+        f.seek(SeekFrom::Start(at))?;
+        f.take(log.file_len - at).read_to_end(&mut bytes)?;
+    }
+    let from_mem = at.saturating_sub(log.file_len) as usize;
+    bytes.extend_from_slice(&log.mem[from_mem.min(log.mem.len())..]);
+    let (mut out, mut i) = (Vec::new(), 0);
+    while i + 12 <= bytes.len() {
+        let lsn = u64::from_be_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        let len = u32::from_be_bytes(bytes[i + 8..i + 12].try_into().expect("4 bytes")) as usize;
+        let data = &bytes[i + 12..(i + 12 + len).min(bytes.len())];
+        if matches!(data.first(), Some(b'R' | b'Y')) {
+            out.push((lsn, data.to_vec()));
+        }
+        i += 12 + len;
+    }
+    Ok(out)
 }
 
 /// The messages of a committed streamed transaction, read back one at a time.
@@ -243,6 +273,19 @@ mod tests {
         s.abort(5, 5).unwrap();
         assert!(s.is_empty());
         assert!(all(&mut s.take(5).unwrap()).is_empty());
+    }
+
+    #[test]
+    fn subtransaction_abort_keeps_the_relations_it_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Streams::new(dir.path().to_path_buf()).unwrap();
+        s.append(1, Some(1), 1, b"Ia").unwrap();
+        s.append(1, Some(2), 2, b"Rrel").unwrap();
+        s.append(1, Some(2), 3, b"Ilost").unwrap();
+        s.abort(1, 2).unwrap();
+        s.append(1, Some(1), 4, b"Ib").unwrap();
+        let got = all(&mut s.take(1).unwrap());
+        assert_eq!(got, vec![(1, b"Ia".to_vec()), (2, b"Rrel".to_vec()), (4, b"Ib".to_vec())]);
     }
 
     #[test]
