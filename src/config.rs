@@ -408,6 +408,16 @@ impl Config {
             kafka_options.push((k.trim().to_owned(), v.trim().to_owned()));
         }
         let default_derived = format!("cdc_{}", name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+        let parallelism =
+            flags.snapshot_parallelism.or(s.snapshot_parallelism).unwrap_or(DEFAULT_SNAPSHOT_PARALLELISM);
+        if parallelism == 0 {
+            return Err(invalid(
+                "--snapshot-parallelism",
+                "[source] snapshot_parallelism",
+                "0",
+                "at least 1",
+            ));
+        }
         let config = Config {
             topic_prefix: flags
                 .topic_prefix
@@ -415,11 +425,7 @@ impl Config {
                 .or(file.sink.topic_prefix.clone())
                 .unwrap_or_else(|| name.clone()),
             slot: flags.slot.clone().or(s.slot.clone()).unwrap_or_else(|| default_derived.clone()),
-            snapshot_parallelism: flags
-                .snapshot_parallelism
-                .or(s.snapshot_parallelism)
-                .unwrap_or(DEFAULT_SNAPSHOT_PARALLELISM)
-                .max(1),
+            snapshot_parallelism: parallelism,
             publication: flags.publication.clone().or(s.publication.clone()).unwrap_or(default_derived),
             state_dir: state_dir(flags, &file),
             file_path: flags.file_path.clone().or(file.file.path.clone()),

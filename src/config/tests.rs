@@ -120,3 +120,12 @@ fn redact_masks_urls_and_pairs() {
         assert_eq!(redact(input), want);
     }
 }
+
+#[test]
+fn snapshot_parallelism_defaults_to_two_and_refuses_zero() {
+    let f = file(BASE);
+    assert_eq!(Config::resolve(&flags_with(&f)).unwrap().snapshot_parallelism, 2);
+    let flags = Flags { snapshot_parallelism: Some(0), ..flags_with(&f) };
+    let err = Config::resolve(&flags).unwrap_err().to_string();
+    assert!(err.contains("--snapshot-parallelism") && err.contains("CDC_SNAPSHOT_PARALLELISM"), "{err}");
+}

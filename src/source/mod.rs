@@ -5,8 +5,12 @@ use crate::error::Result;
 use crate::event::ChangeEvent;
 use crate::position::Position;
 
+pub mod check;
+mod filter;
 pub mod mysql;
 pub mod postgres;
+
+pub use filter::Filter;
 
 /// Set by a source when its change stream delivered a first event in the current attempt:
 /// the run loop counts such an attempt as progress, and resets this before the next one.

@@ -15,7 +15,7 @@ mod stream;
 pub mod tls;
 mod txn;
 
-use crate::config::{Config, SnapshotMode, TablePattern};
+use crate::config::{Config, SnapshotMode};
 use crate::error::{Error, Kind, Result};
 use crate::position::{BinlogPosition, Position};
 use crate::source::{Source, SourceMessage};
@@ -33,45 +33,7 @@ pub const SOURCE_CHANNEL: usize = 64;
 /// What the reader task sends: messages in order, batched.
 type Tx = mpsc::Sender<Result<Vec<SourceMessage>>>;
 
-/// Which tables are captured (`--tables` minus `--exclude-tables`); system schemas never are.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    tables: Vec<TablePattern>,
-    exclude: Vec<TablePattern>,
-}
-
-impl Filter {
-    /// The filter of a configuration.
-    pub fn new(config: &Config) -> Self {
-        Filter { tables: config.tables.clone(), exclude: config.exclude_tables.clone() }
-    }
-
-    /// True when `db.table` is captured.
-    pub fn captures(&self, db: &str, table: &str) -> bool {
-        !is_system(db)
-            && (self.tables.is_empty() || self.tables.iter().any(|p| p.matches(db, table)))
-            && !self.exclude.iter().any(|p| p.matches(db, table))
-    }
-
-    /// As [`Filter::captures`], but also true when the names match in another letter case
-    /// (a statement's text under `lower_case_table_names` need not spell them as stored).
-    /// Excludes are ignored: erring towards "captured" only ever stops the run.
-    pub fn captures_ignore_case(&self, db: &str, table: &str) -> bool {
-        self.captures(db, table)
-            || (!is_system(&db.to_lowercase())
-                && (self.tables.is_empty() || self.tables.iter().any(|p| p.matches_ignore_case(db, table))))
-    }
-
-    /// True when some table of `db` may be captured (any letter case).
-    pub fn captures_db(&self, db: &str) -> bool {
-        !is_system(&db.to_lowercase())
-            && (self.tables.is_empty() || self.tables.iter().any(|p| p.matches_db_ignore_case(db)))
-    }
-}
-
-fn is_system(db: &str) -> bool {
-    matches!(db, "mysql" | "information_schema" | "performance_schema" | "sys")
-}
+pub use crate::source::Filter;
 
 /// Connection options from the source URL (`mariadb://` accepted as `mysql://`), with TLS
 /// as its `ssl-mode` says (PREFERRED asks the server once whether it offers TLS).

@@ -7,27 +7,7 @@ use crate::error::{Error, Kind, Result};
 use crate::position::BinlogPosition;
 use mysql_async::prelude::Queryable;
 
-/// The outcome of one check.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Status {
-    /// Satisfied.
-    Ok,
-    /// Not fatal, but worth fixing.
-    Warn,
-    /// Not satisfied; the kind gives the exit code (77 privileges, 78 settings).
-    Fail(Kind),
-}
-
-/// One line of `cdc check`.
-#[derive(Debug, Clone)]
-pub struct Check {
-    /// What was checked.
-    pub name: String,
-    /// Result.
-    pub status: Status,
-    /// What was found, and on failure how to fix it.
-    pub detail: String,
-}
+pub use crate::source::check::{Check, Status};
 
 fn check(name: &str, ok: bool, found: String, fix: &str, kind: Kind) -> Check {
     let (status, detail) = match ok {

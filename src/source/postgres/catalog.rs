@@ -8,7 +8,7 @@ use super::conn::Params;
 use super::value::{Kind, builtin_kind, kind_from_catalog};
 use crate::error::{Error, Result};
 use crate::event::Table;
-use crate::source::mysql::Filter;
+use crate::source::Filter;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_postgres::Client;

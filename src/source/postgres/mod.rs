@@ -26,7 +26,7 @@ pub mod value;
 use crate::config::{Config, SnapshotMode};
 use crate::error::{Error, Result};
 use crate::position::{PgPosition, Position};
-use crate::source::mysql::Filter;
+use crate::source::Filter;
 use crate::source::{Source, SourceMessage};
 use conn::Params;
 use tokio::sync::{mpsc, watch};

@@ -7,8 +7,8 @@ use super::slot;
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
 use crate::position::PgPosition;
-use crate::source::mysql::Filter;
-use crate::source::mysql::preflight::{Check, Status};
+use crate::source::Filter;
+use crate::source::check::{Check, Status};
 
 fn line(name: &str, status: Status, detail: String) -> Check {
     Check { name: name.to_owned(), status, detail }
