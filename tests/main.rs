@@ -12,6 +12,7 @@ mod mysql_restarts;
 mod mysql_shapes;
 mod mysql_tls;
 mod mysql_types;
+mod pg_auth;
 mod pg_e2e;
 mod pg_faults;
 #[cfg(feature = "kafka")]

@@ -26,6 +26,10 @@ pub fn newest_bin() -> PathBuf {
 /// A running server.
 pub struct PgServer {
     child: Child,
+    /// Directory of the Unix socket (for `psql -h`).
+    pub socket_dir: PathBuf,
+    /// Port.
+    pub port: u16,
     /// `postgres://cdc:...@127.0.0.1:port/cdc`.
     pub url: String,
     /// Data directory.
@@ -52,6 +56,11 @@ fn is_root() -> bool {
 impl PgServer {
     /// initdb + start on `port` with `settings` (`-c` pairs), then create role and database `cdc`.
     pub fn start(bin: &Path, port: u16, settings: &[&str]) -> PgServer {
+        PgServer::start_with(bin, port, settings, &[])
+    }
+
+    /// As [`PgServer::start`], with `hba` lines before the default `scram-sha-256` one.
+    pub fn start_with(bin: &Path, port: u16, settings: &[&str], hba: &[&str]) -> PgServer {
         let dir = std::env::temp_dir().join("cdc-tests").join(crate::support::unique("pgserver"));
         std::fs::create_dir_all(&dir).unwrap();
         if is_root() {
@@ -77,8 +86,10 @@ impl PgServer {
             .output()
             .unwrap();
         assert!(init.status.success(), "initdb: {}", String::from_utf8_lossy(&init.stderr));
-        let hba = "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n";
-        std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+        let mut lines = vec!["local all all trust"];
+        lines.extend(hba);
+        lines.push("host all all 127.0.0.1/32 scram-sha-256");
+        std::fs::write(data.join("pg_hba.conf"), lines.join("\n") + "\n").unwrap();
         let log = std::fs::File::create(dir.join("server.log")).unwrap();
         if is_root() {
             Command::new("chown")
@@ -100,7 +111,8 @@ impl PgServer {
             cmd.args(["-c", s]);
         }
         let child = cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap();
-        let server = PgServer { child, url: format!("postgres://cdc:{PW}@127.0.0.1:{port}/cdc"), data };
+        let url = format!("postgres://cdc:{PW}@127.0.0.1:{port}/cdc");
+        let server = PgServer { child, socket_dir: dir.clone(), port, url, data };
         let start = Instant::now();
         let psql = bin.join("psql");
         let psql = if psql.exists() { psql } else { pg15_bin().join("psql") };

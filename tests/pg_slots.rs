@@ -209,10 +209,15 @@ async fn a_dropped_publication_under_a_stored_offset_exits_66() {
     let name = unique("pgnopub");
     pg_schema(&name, &["CREATE TABLE t (id INT PRIMARY KEY)"]).await;
     let dir = prime(&name, &format!("{name}.t")).await;
-    pg_sql(&[&format!("DROP PUBLICATION {}", slot_of(&name)), &format!("INSERT INTO {name}.t VALUES (1)")]).await;
+    pg_sql(&[&format!("DROP PUBLICATION {}", slot_of(&name)), &format!("INSERT INTO {name}.t VALUES (1)")])
+        .await;
     let mut cdc = Running::postgres(&dir, &name, &format!("{name}.t"), &[]);
     let status = wait_exit(&mut cdc.child, T);
     assert_eq!(status.code(), Some(66), "{}", cdc.stderr());
-    assert!(cdc.stderr().contains("never published") && cdc.stderr().contains("offsets reset"), "{}", cdc.stderr());
+    assert!(
+        cdc.stderr().contains("never published") && cdc.stderr().contains("offsets reset"),
+        "{}",
+        cdc.stderr()
+    );
     pg_cleanup(&name).await;
 }
