@@ -49,10 +49,14 @@ fn build_sink(config: &Config) -> Result<AnySink> {
         SinkKind::Kafka => Ok(AnySink::Kafka(crate::sink::kafka::KafkaSink::new(config)?)),
         #[cfg(not(feature = "kafka"))]
         SinkKind::Kafka => Err(unsupported("the kafka sink (this build has no `kafka` feature)")),
-        SinkKind::Kinesis => Err(unsupported("the kinesis sink")),
+        #[cfg(feature = "kinesis")]
+        SinkKind::Kinesis => Ok(AnySink::Kinesis(crate::sink::kinesis::KinesisSink::new(config)?)),
+        #[cfg(not(feature = "kinesis"))]
+        SinkKind::Kinesis => Err(unsupported("the kinesis sink (this build has no `kinesis` feature)")),
     }
 }
 
+#[cfg(not(all(feature = "kafka", feature = "kinesis")))]
 fn unsupported(what: &str) -> Error {
     Error::config(format!(
         "{what} is not available in cdc {} yet: use --sink stdout, file or kafka",

@@ -19,6 +19,8 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     /// Envelope JSON, or None for a tombstone.
     pub value: Option<Vec<u8>>,
+    /// The table it belongs to (Kinesis names it in the partition key and the stream).
+    pub table: Arc<Table>,
 }
 
 impl Record {
@@ -80,9 +82,14 @@ impl Encoder {
         self.write_envelope(&mut value, ev);
         self.last_value_len.set(value.len());
         let tombstone = self.tombstones && ev.op == Op::Delete && key.is_some();
-        out.push(Record { topic: topic.clone(), key: key.clone(), value: Some(value) });
+        out.push(Record {
+            topic: topic.clone(),
+            key: key.clone(),
+            value: Some(value),
+            table: ev.table.clone(),
+        });
         if tombstone {
-            out.push(Record { topic: topic.clone(), key, value: None });
+            out.push(Record { topic: topic.clone(), key, value: None, table: ev.table.clone() });
         }
     }
 

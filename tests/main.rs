@@ -6,6 +6,8 @@
 mod cli;
 #[cfg(feature = "kafka")]
 mod kafka;
+#[cfg(feature = "kinesis")]
+mod kinesis;
 mod mysql_e2e;
 mod mysql_faults;
 mod mysql_restarts;

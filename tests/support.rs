@@ -106,6 +106,11 @@ impl Running {
 
     /// As [`Running::mysql`], against the server at `url`.
     pub fn mysql_at(url: &str, dir: &Path, tables: &str, extra: &[&str]) -> Running {
+        Running::mysql_env(url, dir, tables, extra, &[])
+    }
+
+    /// As [`Running::mysql_at`], with environment variables for cdc.
+    pub fn mysql_env(url: &str, dir: &Path, tables: &str, extra: &[&str], env: &[(&str, &str)]) -> Running {
         let (out, state, stderr) = (dir.join("out.jsonl"), dir.join("state"), dir.join("stderr.log"));
         // Truncated per run, so waiting for a log line sees this run's.
         let log = std::fs::File::create(&stderr).unwrap();
@@ -122,7 +127,8 @@ impl Running {
             args.extend(["--server-id", &server_id]);
         }
         args.extend(extra);
-        let child = cdc().args(&args).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        let child =
+            cdc().args(&args).envs(env.iter().copied()).stdout(Stdio::null()).stderr(log).spawn().unwrap();
         Running { child, dir: dir.to_path_buf(), out, state, stderr }
     }
 

@@ -9,6 +9,8 @@ use std::pin::Pin;
 pub mod file;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "kinesis")]
+pub mod kinesis;
 
 /// Records handed to a sink together.
 #[derive(Debug, Default)]
@@ -43,6 +45,9 @@ pub enum AnySink {
     /// Apache Kafka.
     #[cfg(feature = "kafka")]
     Kafka(kafka::KafkaSink),
+    /// Amazon Kinesis Data Streams.
+    #[cfg(feature = "kinesis")]
+    Kinesis(kinesis::KinesisSink),
 }
 
 impl AnySink {
@@ -52,6 +57,8 @@ impl AnySink {
             AnySink::Lines(_) => Ok("writes JSON lines".into()),
             #[cfg(feature = "kafka")]
             AnySink::Kafka(s) => s.check().await,
+            #[cfg(feature = "kinesis")]
+            AnySink::Kinesis(s) => s.check().await,
         }
     }
 }
@@ -62,6 +69,8 @@ impl Sink for AnySink {
             AnySink::Lines(s) => s.send(batch).await,
             #[cfg(feature = "kafka")]
             AnySink::Kafka(s) => s.send(batch).await,
+            #[cfg(feature = "kinesis")]
+            AnySink::Kinesis(s) => s.send(batch).await,
         }
     }
     fn wants_tombstones(&self) -> bool {
@@ -69,6 +78,8 @@ impl Sink for AnySink {
             AnySink::Lines(s) => s.wants_tombstones(),
             #[cfg(feature = "kafka")]
             AnySink::Kafka(s) => s.wants_tombstones(),
+            #[cfg(feature = "kinesis")]
+            AnySink::Kinesis(_) => false,
         }
     }
 }

@@ -1,0 +1,241 @@
+//! MariaDB -> Kinesis (kinesis-mock of the test bed): every change read back with
+//! GetRecords with the right `Data` and `PartitionKey`, each key in one shard in commit
+//! order; a missing stream is 78, a record over the stream's limit 65.
+
+use crate::support::*;
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::types::ShardIteratorType;
+use mysql_async::prelude::Queryable;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(60);
+
+/// The emulator's endpoint.
+pub fn endpoint() -> String {
+    std::env::var("CDC_TEST_KINESIS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4568".into())
+}
+
+/// AWS settings for cdc: any credentials (the emulator checks none), one region.
+pub const AWS_ENV: [(&str, &str); 3] =
+    [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1")];
+
+pub fn client() -> Client {
+    let creds = aws_sdk_kinesis::config::Credentials::new("test", "test", None, None, "tests");
+    let conf = aws_sdk_kinesis::config::Builder::new()
+        .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
+        .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
+        .credentials_provider(creds)
+        .endpoint_url(endpoint())
+        .build();
+    Client::from_conf(conf)
+}
+
+/// A new stream of `shards` shards, ACTIVE.
+pub async fn stream(name: &str, shards: i32) -> Client {
+    let c = client();
+    c.create_stream()
+        .stream_name(name)
+        .shard_count(shards)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create {name}: {e:?}"));
+    let start = Instant::now();
+    loop {
+        let s = c.describe_stream_summary().stream_name(name).send().await.unwrap();
+        if s.stream_description_summary().unwrap().stream_status().as_str() == "ACTIVE" {
+            return c;
+        }
+        assert!(start.elapsed() < T, "stream {name} never became ACTIVE");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One stored record: shard, partition key, data as JSON.
+#[derive(Debug, Clone)]
+pub struct Got {
+    pub shard: String,
+    pub key: String,
+    pub data: Value,
+}
+
+/// Every record of `name`, shard by shard, each shard in sequence order.
+pub async fn read_all(c: &Client, name: &str) -> Vec<Got> {
+    let shards = c.list_shards().stream_name(name).send().await.unwrap();
+    let mut out = Vec::new();
+    for s in shards.shards() {
+        let it = c
+            .get_shard_iterator()
+            .stream_name(name)
+            .shard_id(s.shard_id())
+            .shard_iterator_type(ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .unwrap();
+        let mut it = it.shard_iterator().map(str::to_owned);
+        while let Some(i) = it {
+            let r = c.get_records().shard_iterator(i).limit(1000).send().await.unwrap();
+            for rec in r.records() {
+                out.push(Got {
+                    shard: s.shard_id().to_owned(),
+                    key: rec.partition_key().unwrap_or_default().to_owned(),
+                    data: serde_json::from_slice(rec.data().as_ref()).unwrap(),
+                });
+            }
+            if r.records().is_empty() {
+                break;
+            }
+            it = r.next_shard_iterator().map(str::to_owned);
+        }
+    }
+    out
+}
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn kinesis_args(stream: &str) -> Vec<String> {
+    ["--sink", "kinesis", "--kinesis-stream", stream, "--kinesis-endpoint", &endpoint()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn changes_arrive_with_their_partition_keys_in_commit_order_per_key() {
+    let _s = SERVER.read().await;
+    let db = unique("kin");
+    let name = unique("cdc-kin");
+    let long = "k".repeat(280);
+    database(
+        &db,
+        &[
+            "CREATE TABLE a (id INT PRIMARY KEY, v INT)",
+            "CREATE TABLE b (tenant VARCHAR(8), id INT, v INT, PRIMARY KEY (tenant, id))",
+            "CREATE TABLE c (k VARCHAR(300) PRIMARY KEY, v INT)",
+        ],
+    )
+    .await;
+    let kc = stream(&name, 3).await;
+    let dir = workdir("kin");
+    let args = kinesis_args(&name);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cdc = Running::mysql_env(&mysql_url(), &dir, &format!("{db}.*"), &args, &AWS_ENV);
+    cdc.wait_log("streaming the binlog", T).await;
+    let mut m = mysql().await;
+    m.query_drop(format!("USE {db}")).await.unwrap();
+    // (partition key, op, v) in commit order
+    let mut want: Vec<(String, &str, Option<i64>)> = vec![];
+    for i in 0..30i64 {
+        m.query_drop(format!("INSERT INTO a VALUES ({i}, 0)")).await.unwrap();
+        want.push((format!(r#"{db}.a:{{"id":{i}}}"#), "c", Some(0)));
+        m.query_drop(format!("INSERT INTO b VALUES ('t{}', {i}, 0)", i % 3)).await.unwrap();
+        want.push((format!(r#"{db}.b:{{"tenant":"t{}","id":{i}}}"#, i % 3), "c", Some(0)));
+    }
+    for i in 0..30i64 {
+        m.query_drop(format!("UPDATE a SET v = v + 1 WHERE id = {}", i % 10)).await.unwrap();
+        let v = (i / 10) + 1;
+        want.push((format!(r#"{db}.a:{{"id":{}}}"#, i % 10), "u", Some(v)));
+        if i % 5 == 0 {
+            m.query_drop(format!("DELETE FROM b WHERE id = {i}")).await.unwrap();
+            want.push((format!(r#"{db}.b:{{"tenant":"t{}","id":{i}}}"#, i % 3), "d", None));
+        }
+    }
+    m.query_drop(format!("INSERT INTO c VALUES ('{long}', 1)")).await.unwrap();
+    m.query_drop(format!("UPDATE c SET v = 2 WHERE k = '{long}'")).await.unwrap();
+    let long_key = sha256_hex(&format!(r#"{db}.c:{{"k":"{long}"}}"#));
+    want.push((long_key.clone(), "c", Some(1)));
+    want.push((long_key.clone(), "u", Some(2)));
+    let start = Instant::now();
+    let got = loop {
+        let got = read_all(&kc, &name).await;
+        if got.len() >= want.len() {
+            break got;
+        }
+        assert!(
+            start.elapsed() < T,
+            "{} of {} records after {T:?}; stderr:\n{}",
+            got.len(),
+            want.len(),
+            cdc.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(cdc.stop().success());
+    assert_eq!(got.len(), want.len(), "no duplicates, no tombstones");
+    let mut per_key: HashMap<&str, Vec<&Got>> = HashMap::new();
+    for g in &got {
+        per_key.entry(&g.key).or_default().push(g);
+    }
+    let mut want_per_key: HashMap<&str, Vec<(&str, Option<i64>)>> = HashMap::new();
+    for (k, op, v) in &want {
+        want_per_key.entry(k).or_default().push((op, *v));
+    }
+    for (k, recs) in &per_key {
+        assert!(k.chars().count() <= 256, "{k}");
+        assert!(recs.iter().all(|r| r.shard == recs[0].shard), "key {k} spread over shards");
+        let ops: Vec<(&str, Option<i64>)> =
+            recs.iter().map(|r| (r.data["op"].as_str().unwrap(), r.data["after"]["v"].as_i64())).collect();
+        assert_eq!(Some(&ops), want_per_key.get(k), "key {k}: commit order");
+    }
+    assert_eq!(per_key.len(), want_per_key.len());
+    let c_rec = &per_key[long_key.as_str()][0].data;
+    assert_eq!(c_rec["source"]["table"], "c");
+    assert_eq!(c_rec["after"]["k"], json!(long));
+}
+
+#[tokio::test]
+async fn a_missing_stream_is_78_and_a_record_over_the_limit_65() {
+    let _s = SERVER.read().await;
+    let db = unique("kinbad");
+    database(&db, &["CREATE TABLE t (id INT PRIMARY KEY, body LONGTEXT)"]).await;
+    let missing = unique("nostream");
+    let state = workdir("kinbad");
+    let url = mysql_url();
+    let tables = format!("{db}.*");
+    let mut args = vec![
+        "--source",
+        "mysql",
+        "--source-url",
+        &url,
+        "--tables",
+        &tables,
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    let k = kinesis_args(&missing);
+    args.extend(k.iter().map(String::as_str));
+    let (code, out, err) = run(&[&["check"][..], &args].concat(), &AWS_ENV);
+    assert_eq!(code, 78, "{out}{err}");
+    assert!(out.contains(&missing), "names the stream: {out}");
+    let (code, _, err) = run(&[&["run"][..], &args].concat(), &AWS_ENV);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains(&missing) && err.contains("does not exist"), "{err}");
+
+    let name = unique("cdc-kinbig");
+    let kc = stream(&name, 1).await;
+    let dir = workdir("kinbig");
+    let args = kinesis_args(&name);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cdc = Running::mysql_env(&mysql_url(), &dir, &format!("{db}.*"), &args, &AWS_ENV);
+    cdc.wait_log("streaming the binlog", T).await;
+    sql(&[
+        &format!("INSERT INTO {db}.t VALUES (1, 'small')"),
+        &format!("INSERT INTO {db}.t VALUES (2, REPEAT('x', 2000000))"),
+        &format!("INSERT INTO {db}.t VALUES (3, 'after')"),
+    ])
+    .await;
+    let status = wait_exit(&mut cdc.child, T);
+    assert_eq!(status.code(), Some(65), "{}", cdc.stderr());
+    let err = cdc.stderr();
+    assert!(
+        err.contains(&format!("{db}.t")) && err.contains("1048576"),
+        "names the table and the limit: {err}"
+    );
+    let got = read_all(&kc, &name).await;
+    let ids: Vec<i64> = got.iter().filter_map(|g| g.data["after"]["id"].as_i64()).collect();
+    assert_eq!(ids, vec![1], "nothing after the oversize record is delivered");
+}
