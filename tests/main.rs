@@ -8,6 +8,8 @@ mod cli;
 mod kafka;
 #[cfg(feature = "kinesis")]
 mod kinesis;
+#[cfg(feature = "kinesis")]
+mod kinesis_proxy;
 mod mysql_e2e;
 mod mysql_faults;
 mod mysql_restarts;

@@ -274,7 +274,8 @@ impl Sender {
                     }
                     complete(&mut jobs);
                 }
-                () = async { tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)).await }, if wake.is_some_and(|w| w > Instant::now()) => {}
+                // A retry waits here (a time already past wakes at once: nothing may stall).
+                () = async { tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)).await }, if wake.is_some() && inflight.len() < IN_FLIGHT => {}
                 got = rx.recv(), if jobs.len() < IN_FLIGHT * 4 => {
                     let Some((entries, done)) = got else { return };
                     let id = next_job;
