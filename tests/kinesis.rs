@@ -298,3 +298,125 @@ async fn partial_failures_lose_and_reorder_nothing_and_no_request_breaks_a_limit
     assert!(st.violations.is_empty(), "{:?}", &st.violations[..st.violations.len().min(10)]);
     assert!(st.failed > 40, "the proxy failed {} entries in {} requests", st.failed, st.requests);
 }
+
+/// Resident memory of a process, in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+        / 1024
+}
+
+#[tokio::test]
+async fn a_minute_of_throttling_under_writes_ends_with_everything_delivered_in_flat_memory() {
+    let _s = SERVER.read().await;
+    let db = unique("kinthr");
+    let name = unique("cdc-kinthr");
+    database(&db, &["CREATE TABLE t (id INT PRIMARY KEY, v INT)"]).await;
+    let kc = stream(&name, 2).await;
+    let upstream = endpoint().trim_start_matches("http://").to_owned();
+    let proxy = crate::kinesis_proxy::Proxy::start(&upstream, 0.0).await;
+    let dir = workdir("kinthr");
+    let args = ["--sink", "kinesis", "--kinesis-stream", &name, "--kinesis-endpoint", &proxy.url];
+    let mut cdc = Running::mysql_env(&mysql_url(), &dir, &format!("{db}.*"), &args, &AWS_ENV);
+    cdc.wait_log("streaming the binlog", T).await;
+    let window = Duration::from_secs(60);
+    proxy.stats.lock().unwrap().throttle_until = Some(Instant::now() + window);
+    let writer = tokio::spawn(write_changes(db.clone(), 1, 400, Duration::from_millis(120)));
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let early = rss_mib(cdc.child.id());
+    let mut peak = early;
+    while started.elapsed() < window - Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(cdc.child.try_wait().unwrap().is_none(), "cdc exited while throttled: {}", cdc.stderr());
+        peak = peak.max(rss_mib(cdc.child.id()));
+    }
+    let done = writer.await.unwrap();
+    let start = Instant::now();
+    let got = loop {
+        let got = read_all(&kc, &name).await;
+        if got.len() >= done.len() {
+            break got;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "{} of {} after the window; stderr:\n{}",
+            got.len(),
+            done.len(),
+            cdc.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(cdc.stop().success());
+    let st = proxy.stats.lock().unwrap();
+    assert!(st.throttled > 10, "{} requests throttled", st.throttled);
+    let mut seen: HashMap<i64, Vec<i64>> = HashMap::new();
+    for g in &got {
+        let a = &g.data["after"];
+        seen.entry(a["id"].as_i64().unwrap()).or_default().push(a["v"].as_i64().unwrap());
+    }
+    for (id, v) in &done {
+        assert!(seen.get(id).is_some_and(|vs| vs.contains(v)), "lost ({id}, {v})");
+    }
+    assert_eq!(got.len(), done.len(), "no duplicates from throttled entries");
+    assert!(peak <= early + 30 && peak < 150, "memory while throttled: {early} MiB at 10 s, peak {peak} MiB");
+}
+
+#[tokio::test]
+async fn kill_9_twice_under_load_loses_nothing_and_a_graceful_restart_repeats_nothing() {
+    let _s = SERVER.read().await;
+    let db = unique("kinkill");
+    let name = unique("cdc-kinkill");
+    database(&db, &["CREATE TABLE t (id INT PRIMARY KEY, v INT)"]).await;
+    let kc = stream(&name, 2).await;
+    let dir = workdir("kinkill");
+    let args = kinesis_args(&name);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let tables = format!("{db}.*");
+    let mut cdc = Running::mysql_env(&mysql_url(), &dir, &tables, &args, &AWS_ENV);
+    cdc.wait_log("streaming the binlog", T).await;
+    let writer = tokio::spawn(write_changes(db.clone(), 1, 300, Duration::from_millis(10)));
+    for _ in 0..2 {
+        cdc.wait_log("streaming the binlog", T).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        cdc.kill();
+        cdc = Running::mysql_env(&mysql_url(), &dir, &tables, &args, &AWS_ENV);
+    }
+    let done = writer.await.unwrap();
+    sql(&[&format!("INSERT INTO {db}.t VALUES (0, 9)")]).await;
+    let start = Instant::now();
+    let marker = |got: &[Got]| got.iter().any(|g| g.data["after"]["id"] == 0);
+    let got = loop {
+        let got = read_all(&kc, &name).await;
+        if marker(&got) {
+            break got;
+        }
+        assert!(start.elapsed() < T, "no end marker; stderr:\n{}", cdc.stderr());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let mut seen: HashMap<i64, Vec<i64>> = HashMap::new();
+    for g in &got {
+        let a = &g.data["after"];
+        seen.entry(a["id"].as_i64().unwrap()).or_default().push(a["v"].as_i64().unwrap());
+    }
+    for (id, v) in &done {
+        assert!(seen.get(id).is_some_and(|vs| vs.contains(v)), "lost ({id}, {v})");
+    }
+    // Graceful stop, one more change, restart: only that change is new.
+    assert!(cdc.stop().success());
+    let before = read_all(&kc, &name).await.len();
+    sql(&[&format!("UPDATE {db}.t SET v = 10 WHERE id = 0")]).await;
+    let mut cdc = Running::mysql_env(&mysql_url(), &dir, &tables, &args, &AWS_ENV);
+    cdc.wait_log("streaming the binlog", T).await;
+    let start = Instant::now();
+    while read_all(&kc, &name).await.len() <= before {
+        assert!(start.elapsed() < T, "the update after the restart never arrived");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(cdc.stop().success());
+    assert_eq!(read_all(&kc, &name).await.len(), before + 1, "a graceful restart repeats nothing");
+}

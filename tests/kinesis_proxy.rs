@@ -23,6 +23,10 @@ pub struct Stats {
     in_flight: HashSet<String>,
     /// Consecutive failures per key (some keys fail several times in a row).
     streak: HashMap<String, u32>,
+    /// Until then every PutRecords is throttled: the whole request (400) or every entry.
+    pub throttle_until: Option<std::time::Instant>,
+    /// Requests refused whole while throttling.
+    pub throttled: usize,
 }
 
 /// A running proxy; `url` is the endpoint to give cdc.
@@ -156,6 +160,19 @@ async fn put_records(
     {
         let mut st = stats.lock().unwrap();
         st.requests += 1;
+        if st.throttle_until.is_some_and(|t| std::time::Instant::now() < t) {
+            st.throttled += 1;
+            if st.throttled % 2 == 0 {
+                let body = json!({"__type": "ProvisionedThroughputExceededException", "message": "Rate exceeded (proxy)"});
+                return ("HTTP/1.1 400 Bad Request".into(), serde_json::to_vec(&body).unwrap());
+            }
+            let all = vec![
+                json!({"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": "Rate exceeded (proxy)"});
+                records.len()
+            ];
+            let answer = json!({"FailedRecordCount": records.len(), "Records": all});
+            return ("HTTP/1.1 200 OK".into(), serde_json::to_vec(&answer).unwrap());
+        }
         let bytes: usize = records
             .iter()
             .zip(&keys)
