@@ -162,7 +162,7 @@ async fn put_records(
         st.requests += 1;
         if st.throttle_until.is_some_and(|t| std::time::Instant::now() < t) {
             st.throttled += 1;
-            if st.throttled % 2 == 0 {
+            if st.throttled.is_multiple_of(2) {
                 let body = json!({"__type": "ProvisionedThroughputExceededException", "message": "Rate exceeded (proxy)"});
                 return ("HTTP/1.1 400 Bad Request".into(), serde_json::to_vec(&body).unwrap());
             }
