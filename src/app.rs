@@ -215,7 +215,7 @@ pub async fn check(config: &Config) -> Result<i32> {
     match sink {
         Ok(detail) => println!("ok    {:<26} {detail}", "sink"),
         Err(e) => {
-            println!("FAIL  {:<26} {e}", "sink");
+            println!("FAIL  {:<26} {}", "sink", crate::error::report(&e).replace('\n', " "));
             // check exits 77 or 78 (CONTRACT §2): unreachable brokers are a setting to fix.
             let kind = if e.kind() == Kind::Auth { Kind::Auth } else { Kind::Config };
             code = if code == 0 || kind == Kind::Auth { kind.exit_code() } else { code };

@@ -420,3 +420,94 @@ async fn kill_9_twice_under_load_loses_nothing_and_a_graceful_restart_repeats_no
     assert!(cdc.stop().success());
     assert_eq!(read_all(&kc, &name).await.len(), before + 1, "a graceful restart repeats nothing");
 }
+
+#[tokio::test]
+async fn lost_answers_duplicate_but_never_reorder_and_access_denied_is_77() {
+    let _s = SERVER.read().await;
+    let db = unique("kinlost");
+    let name = unique("cdc-kinlost");
+    database(&db, &["CREATE TABLE t (id INT PRIMARY KEY, v INT)"]).await;
+    let kc = stream(&name, 2).await;
+    let upstream = endpoint().trim_start_matches("http://").to_owned();
+    let proxy = crate::kinesis_proxy::Proxy::start(&upstream, 0.1).await;
+    let state = workdir("kinlostcheck");
+    let args = ["--sink", "kinesis", "--kinesis-stream", &name, "--kinesis-endpoint", &proxy.url];
+    proxy.stats.lock().unwrap().deny = true;
+    let url = mysql_url();
+    let tables = format!("{db}.*");
+    let base = [
+        "--source",
+        "mysql",
+        "--source-url",
+        &url,
+        "--tables",
+        &tables,
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    // A blocking child on the test's one runtime thread would starve the proxy.
+    let argv: Vec<String> = [&["check"][..], &base, &args].concat().iter().map(|s| s.to_string()).collect();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        run(&argv, &AWS_ENV)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 77, "{out}{err}");
+    assert!(out.contains("AccessDenied"), "{out}");
+    proxy.stats.lock().unwrap().deny = false;
+    proxy.stats.lock().unwrap().lose_answers = 0.2;
+    let dir = workdir("kinlost");
+    let mut cdc = Running::mysql_env(&mysql_url(), &dir, &tables, &args, &AWS_ENV);
+    cdc.wait_log("streaming the binlog", T).await;
+    let mut m = mysql().await;
+    m.query_drop(format!("USE {db}")).await.unwrap();
+    for id in 0..20i64 {
+        m.query_drop(format!("INSERT INTO t VALUES ({id}, 0)")).await.unwrap();
+    }
+    for round in 1..=10i64 {
+        let stmts: Vec<String> =
+            (0..20).map(|id| format!("UPDATE t SET v = {round} WHERE id = {id}")).collect();
+        m.query_drop(stmts.join(";")).await.unwrap();
+    }
+    let start = Instant::now();
+    let complete = |got: &[Got]| {
+        (0..20).all(|id| got.iter().any(|g| g.data["after"]["id"] == id && g.data["after"]["v"] == 10))
+    };
+    let got = loop {
+        let got = read_all(&kc, &name).await;
+        if complete(&got) {
+            break got;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "not every final value after 120 s; stderr:\n{}",
+            cdc.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(cdc.stop().success());
+    let mut seen: HashMap<i64, Vec<i64>> = HashMap::new();
+    for g in &got {
+        let a = &g.data["after"];
+        seen.entry(a["id"].as_i64().unwrap()).or_default().push(a["v"].as_i64().unwrap());
+    }
+    for (id, vs) in &seen {
+        assert!(
+            vs.windows(2).all(|w| w[0] <= w[1]),
+            "key {id}: a duplicate may repeat, never go back: {vs:?}"
+        );
+        assert_eq!(
+            vs.iter().copied().collect::<std::collections::BTreeSet<_>>().len(),
+            11,
+            "key {id}: every value: {vs:?}"
+        );
+    }
+    let st = proxy.stats.lock().unwrap();
+    assert!(
+        st.lost_answers > 2 && st.violations.is_empty(),
+        "{} answers lost; {:?}",
+        st.lost_answers,
+        st.violations
+    );
+}

@@ -27,6 +27,13 @@ pub struct Stats {
     pub throttle_until: Option<std::time::Instant>,
     /// Requests refused whole while throttling.
     pub throttled: usize,
+    /// Share of PutRecords whose answer is lost after the emulator stored the records:
+    /// half of them answered 500, half with a dropped connection.
+    pub lose_answers: f64,
+    /// Answers lost on purpose.
+    pub lost_answers: usize,
+    /// Answer DescribeStreamSummary with AccessDenied.
+    pub deny: bool,
 }
 
 /// A running proxy; `url` is the endpoint to give cdc.
@@ -129,12 +136,43 @@ async fn forward(upstream: &str, head: &str, body: &[u8]) -> (String, Vec<u8>) {
 async fn serve(mut conn: TcpStream, upstream: String, stats: Arc<Mutex<Stats>>, rate: f64) {
     let mut buf = Vec::new();
     while let Some((head, body)) = read_message(&mut conn, &mut buf).await {
-        let put = header(&head, "x-amz-target").is_some_and(|t| t.ends_with(".PutRecords"));
+        let target = header(&head, "x-amz-target").unwrap_or("").to_owned();
+        if target.ends_with(".DescribeStreamSummary") && stats.lock().unwrap().deny {
+            let body = br#"{"__type":"AccessDeniedException","message":"not allowed (proxy)"}"#;
+            let reply = format!(
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(reply.as_bytes()).await;
+            let _ = conn.write_all(body).await;
+            continue;
+        }
+        let put = target.ends_with(".PutRecords");
         let (status, answer) = if put {
             put_records(&upstream, &head, &body, &stats, rate).await
         } else {
             forward(&upstream, &head, &body).await
         };
+        if put && status.contains(" 200") {
+            let lose = {
+                let mut st = stats.lock().unwrap();
+                let lose = st.lose_answers > 0.0 && fastrand::f64() < st.lose_answers;
+                st.lost_answers += usize::from(lose);
+                lose.then_some(st.lost_answers)
+            };
+            match lose {
+                // The connection drops: the sender cannot know the records were stored.
+                Some(n) if n.is_multiple_of(2) => return,
+                Some(_) => {
+                    let reply = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n";
+                    if conn.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                None => {}
+            }
+        }
         let reply = format!(
             "{status}\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n",
             answer.len()

@@ -83,6 +83,7 @@ type Handoff = (Vec<(String, Vec<u8>)>, oneshot::Sender<Result<()>>);
 struct Started {
     tx: mpsc::Sender<Handoff>,
     record_limit: usize,
+    shards: i32,
     _task: tokio::task::JoinHandle<()>,
 }
 
@@ -108,7 +109,10 @@ impl KinesisSink {
     /// Reaches the stream: its status, shard count and record limit.
     pub async fn check(&self) -> Result<String> {
         let s = self.start().await?;
-        Ok(format!("stream {} is ACTIVE; records up to {} bytes", self.stream, s.record_limit))
+        Ok(format!(
+            "stream {} is ACTIVE: {} open shards, records up to {} bytes",
+            self.stream, s.shards, s.record_limit
+        ))
     }
 
     async fn start(&self) -> Result<&Started> {
@@ -134,15 +138,16 @@ impl KinesisSink {
             ));
         }
         let client = Client::from_conf(b.build());
-        let record_limit = self.wait_active(&client).await?;
+        let (record_limit, shards) = self.wait_active(&client).await?;
         let (tx, rx) = mpsc::channel(IN_FLIGHT);
         let sender = Sender { client, stream: self.stream.clone() };
         let task = tokio::spawn(sender.run(rx));
-        Ok(Started { tx, record_limit, _task: task })
+        Ok(Started { tx, record_limit, shards, _task: task })
     }
 
-    /// DescribeStreamSummary until ACTIVE: missing → 78, refused → 77, never ACTIVE → 69.
-    async fn wait_active(&self, client: &Client) -> Result<usize> {
+    /// DescribeStreamSummary until ACTIVE (record limit, open shards): missing → 78,
+    /// refused → 77, never ACTIVE → 69.
+    async fn wait_active(&self, client: &Client) -> Result<(usize, i32)> {
         let deadline = Instant::now() + ACTIVE_WAIT;
         loop {
             let out = client.describe_stream_summary().stream_name(&self.stream).send().await;
@@ -169,7 +174,7 @@ impl KinesisSink {
             let status = summary.stream_status().as_str().to_owned();
             if status == "ACTIVE" || status == "UPDATING" {
                 let kib = summary.max_record_size_in_kib().unwrap_or(1024).max(1) as usize;
-                return Ok(kib * 1024);
+                return Ok((kib * 1024, summary.open_shard_count()));
             }
             if Instant::now() >= deadline {
                 return Err(Error::unavailable(format!(
