@@ -56,6 +56,9 @@ pub struct Flags {
     /// Kinesis stream that receives every table's changes
     #[arg(long, env = "CDC_KINESIS_STREAM", hide_env_values = true, value_name = "STREAM")]
     pub kinesis_stream: Option<String>,
+    /// Kinesis sink setting key=value: partition=key|hash, max.record.bytes=N (repeatable)
+    #[arg(long, env = "CDC_KINESIS_OPTION", hide_env_values = true, value_name = "KEY=VALUE")]
+    pub kinesis_option: Vec<String>,
     /// Kinesis endpoint URL (LocalStack, kinesis-mock) [default: AWS]
     #[arg(long, env = "CDC_KINESIS_ENDPOINT", hide_env_values = true, value_name = "URL")]
     pub kinesis_endpoint: Option<String>,
@@ -147,6 +150,7 @@ struct KafkaSection {
 struct KinesisSection {
     stream: Option<String>,
     endpoint: Option<String>,
+    options: std::collections::BTreeMap<String, toml::Value>,
 }
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -282,6 +286,8 @@ pub struct Config {
     pub kafka_brokers: Option<String>,
     /// librdkafka settings.
     pub kafka_options: Vec<(String, String)>,
+    /// Kinesis sink settings.
+    pub kinesis_options: Vec<(String, String)>,
     /// Kinesis stream.
     pub kinesis_stream: Option<String>,
     /// Kinesis endpoint.
@@ -392,21 +398,10 @@ impl Config {
                 invalid("--metrics-addr", "[metrics] addr", a, "host:port, e.g. 127.0.0.1:9100")
             })?),
         };
-        let mut kafka_options = Vec::new();
-        for (k, v) in &file.kafka.options {
-            let v = match v {
-                toml::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            kafka_options.push((k.clone(), v));
-        }
-        for opt in &flags.kafka_option {
-            let (k, v) = opt
-                .split_once('=')
-                .ok_or_else(|| invalid("--kafka-option", "[kafka] options", &redact(opt), "key=value"))?;
-            kafka_options.retain(|(key, _)| key != k.trim());
-            kafka_options.push((k.trim().to_owned(), v.trim().to_owned()));
-        }
+        let kafka_options =
+            options(&file.kafka.options, &flags.kafka_option, "--kafka-option", "[kafka] options")?;
+        let kinesis_options =
+            options(&file.kinesis.options, &flags.kinesis_option, "--kinesis-option", "[kinesis] options")?;
         let default_derived = format!("cdc_{}", name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
         let parallelism =
             flags.snapshot_parallelism.or(s.snapshot_parallelism).unwrap_or(DEFAULT_SNAPSHOT_PARALLELISM);
@@ -439,6 +434,7 @@ impl Config {
             exclude_tables,
             sink,
             kafka_options,
+            kinesis_options,
             snapshot,
             server_id,
             metrics_addr,
@@ -539,6 +535,31 @@ fn env_name(flag: &str) -> String {
 
 fn missing(flag: &str, toml: &str, what: &str) -> Error {
     Error::config(format!("missing {what}: set {flag}, {} or `{toml}` in the config file", env_name(flag)))
+}
+
+/// `key=value` settings: the file's table, then the flags (a flag wins over the same key).
+fn options(
+    file: &std::collections::BTreeMap<String, toml::Value>,
+    flags: &[String],
+    flag: &str,
+    toml_key: &str,
+) -> Result<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> = file
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    for opt in flags {
+        let (k, v) = opt.split_once('=').ok_or_else(|| invalid(flag, toml_key, &redact(opt), "key=value"))?;
+        out.retain(|(key, _)| key != k.trim());
+        out.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    Ok(out)
 }
 
 fn invalid(flag: &str, toml: &str, value: &str, expected: &str) -> Error {

@@ -511,3 +511,69 @@ async fn lost_answers_duplicate_but_never_reorder_and_access_denied_is_77() {
         st.violations
     );
 }
+
+#[tokio::test]
+async fn partition_hash_spreads_keys_over_shards_and_bad_options_are_78() {
+    let _s = SERVER.read().await;
+    let db = unique("kinhash");
+    let name = unique("cdc-kinhash");
+    database(&db, &["CREATE TABLE t (id INT PRIMARY KEY)"]).await;
+    let kc = stream(&name, 4).await;
+    let dir = workdir("kinhash");
+    let mut args = kinesis_args(&name);
+    args.extend(["--kinesis-option".into(), "partition=hash".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = run(
+        &[
+            "check",
+            "--source",
+            "mysql",
+            "--source-url",
+            &mysql_url(),
+            "--sink",
+            "kinesis",
+            "--kinesis-stream",
+            &name,
+            "--kinesis-option",
+            "partition=random",
+        ],
+        &AWS_ENV,
+    );
+    assert_eq!(code, 78, "{err}");
+    let mut cdc = Running::mysql_env(&mysql_url(), &dir, &format!("{db}.*"), &args, &AWS_ENV);
+    cdc.wait_log("streaming the binlog", T).await;
+    let rows: Vec<String> = (0..40).map(|i| format!("INSERT INTO {db}.t VALUES ({i})")).collect();
+    sql(&rows.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let start = Instant::now();
+    let got = loop {
+        let got = read_all(&kc, &name).await;
+        if got.len() >= 40 {
+            break got;
+        }
+        assert!(start.elapsed() < T, "{} of 40; stderr:\n{}", got.len(), cdc.stderr());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(cdc.stop().success());
+    let shards: std::collections::BTreeSet<&str> = got.iter().map(|g| g.shard.as_str()).collect();
+    assert!(shards.len() >= 3, "40 keys sharing a prefix spread over the shards: {shards:?}");
+    // Each record is in the shard whose hash range holds its ExplicitHashKey (not the MD5 of
+    // its partition key).
+    let listed = kc.list_shards().stream_name(&name).send().await.unwrap();
+    let range: HashMap<&str, (u128, u128)> = listed
+        .shards()
+        .iter()
+        .map(|s| {
+            let r = s.hash_key_range().unwrap();
+            (s.shard_id(), (r.starting_hash_key().parse().unwrap(), r.ending_hash_key().parse().unwrap()))
+        })
+        .collect();
+    for g in &got {
+        let h: u128 = cdc::sink::kinesis::explicit_hash(&g.key).parse().unwrap();
+        let (lo, hi) = range[g.shard.as_str()];
+        assert!(lo <= h && h <= hi, "{} in {} by its explicit hash", g.key, g.shard);
+    }
+    assert!(
+        got.iter().all(|g| g.key.starts_with(&format!("{db}.t:"))),
+        "the partition key itself is unchanged"
+    );
+}

@@ -60,9 +60,63 @@ fn hex_sha256(data: &[u8]) -> String {
     sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// `ExplicitHashKey` for `partition=hash`: the first 128 bits of the partition key's
+/// SHA-256, in decimal, so keys sharing a prefix still spread evenly over the shards.
+pub fn explicit_hash(key: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(key.as_bytes());
+    u128::from_be_bytes(d[..16].try_into().expect("16 bytes")).to_string()
+}
+
+/// `--kinesis-option` settings.
+#[derive(Debug, Clone, Default)]
+struct Options {
+    /// `partition=hash`.
+    hash: bool,
+    /// `max.record.bytes`: the record limit instead of the stream's.
+    max_record: Option<usize>,
+}
+
+impl Options {
+    fn parse(options: &[(String, String)]) -> Result<Options> {
+        let mut o = Options::default();
+        for (k, v) in options {
+            let bad =
+                |expected: &str| Error::config(format!("--kinesis-option {k}={v}: expected {expected}"));
+            match k.as_str() {
+                "partition" => {
+                    o.hash = match v.as_str() {
+                        "key" => false,
+                        "hash" => true,
+                        _ => return Err(bad("partition=key or partition=hash")),
+                    }
+                }
+                "max.record.bytes" => {
+                    let n: usize = v.parse().map_err(|_| bad("a number of bytes"))?;
+                    if !(1..=10 * 1024 * 1024).contains(&n) {
+                        return Err(bad("1 to 10485760 (10 MiB, the largest record Kinesis takes)"));
+                    }
+                    o.max_record = Some(n);
+                }
+                "aggregation" => {
+                    return Err(bad("nothing yet: KPL aggregation is not available in this version"));
+                }
+                _ => {
+                    return Err(Error::config(format!(
+                        "unknown --kinesis-option {k}: known are partition=key|hash and max.record.bytes=N"
+                    )));
+                }
+            }
+        }
+        Ok(o)
+    }
+}
+
 /// One record to put.
 struct Entry {
     key: String,
+    /// `ExplicitHashKey`, with `partition=hash`.
+    hash: Option<String>,
     data: Vec<u8>,
     /// Position in source order, over all batches.
     seq: u64,
@@ -78,7 +132,7 @@ struct Job {
     done: Option<oneshot::Sender<Result<()>>>,
 }
 
-type Handoff = (Vec<(String, Vec<u8>)>, oneshot::Sender<Result<()>>);
+type Handoff = (Vec<(String, Option<String>, Vec<u8>)>, oneshot::Sender<Result<()>>);
 
 struct Started {
     tx: mpsc::Sender<Handoff>,
@@ -91,6 +145,7 @@ struct Started {
 pub struct KinesisSink {
     stream: String,
     endpoint: Option<String>,
+    options: Options,
     started: OnceCell<Started>,
 }
 
@@ -103,7 +158,13 @@ impl KinesisSink {
                 "--kinesis-stream {stream}: one stream per table ({{db}}, {{schema}}, {{table}}) is not available yet"
             )));
         }
-        Ok(KinesisSink { stream, endpoint: config.kinesis_endpoint.clone(), started: OnceCell::new() })
+        let options = Options::parse(&config.kinesis_options)?;
+        Ok(KinesisSink {
+            stream,
+            endpoint: config.kinesis_endpoint.clone(),
+            options,
+            started: OnceCell::new(),
+        })
     }
 
     /// Reaches the stream: its status, shard count and record limit.
@@ -142,6 +203,7 @@ impl KinesisSink {
         let (tx, rx) = mpsc::channel(IN_FLIGHT);
         let sender = Sender { client, stream: self.stream.clone() };
         let task = tokio::spawn(sender.run(rx));
+        let record_limit = self.options.max_record.unwrap_or(record_limit);
         Ok(Started { tx, record_limit, shards, _task: task })
     }
 
@@ -205,7 +267,8 @@ impl KinesisSink {
                     ),
                 ));
             }
-            entries.push((key, r.value.unwrap_or_default()));
+            let hash = self.options.hash.then(|| explicit_hash(&key));
+            entries.push((key, hash, r.value.unwrap_or_default()));
         }
         let (done, rx) = oneshot::channel();
         let started = self.start().await?;
@@ -287,8 +350,8 @@ impl Sender {
                     next_job += 1;
                     jobs.push_back(Job { id, left: entries.len(), done: Some(done) });
                     let now = Instant::now();
-                    for (key, data) in entries {
-                        queue.push_back(Entry { key, data, seq: next_seq, job: id, attempts: 0, not_before: now });
+                    for (key, hash, data) in entries {
+                        queue.push_back(Entry { key, hash, data, seq: next_seq, job: id, attempts: 0, not_before: now });
                         next_seq += 1;
                     }
                     complete(&mut jobs);
@@ -306,6 +369,7 @@ impl Sender {
                 let r = PutRecordsRequestEntry::builder()
                     .data(Blob::new(e.data.clone()))
                     .partition_key(&e.key)
+                    .set_explicit_hash_key(e.hash.clone())
                     .build();
                 match r {
                     Ok(r) => records.push(r),
@@ -411,6 +475,32 @@ fn complete(jobs: &mut VecDeque<Job>) {
     while jobs.front().is_some_and(|j| j.left == 0 || j.done.is_none()) {
         if let Some(done) = jobs.pop_front().and_then(|j| j.done) {
             let _ = done.send(Ok(()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_hash_is_a_128_bit_decimal() {
+        let h = explicit_hash("shop.orders:{\"id\":1}");
+        assert!(h.parse::<u128>().is_ok() && h != explicit_hash("shop.orders:{\"id\":2}"));
+    }
+
+    #[test]
+    fn options_are_checked() {
+        let o = |k: &str, v: &str| Options::parse(&[(k.to_owned(), v.to_owned())]);
+        assert!(o("partition", "hash").unwrap().hash);
+        assert_eq!(o("max.record.bytes", "2097152").unwrap().max_record, Some(2 << 20));
+        for (k, v) in [
+            ("partition", "random"),
+            ("max.record.bytes", "0"),
+            ("max.record.bytes", "99999999"),
+            ("colour", "red"),
+        ] {
+            assert_eq!(o(k, v).unwrap_err().kind(), Kind::Config, "{k}={v}");
         }
     }
 }
