@@ -250,7 +250,8 @@ impl KinesisSink {
 
     /// Hands `batch` to the sender; the delivery resolves when every record is stored.
     pub async fn send(&mut self, batch: Batch) -> Result<Delivery> {
-        let limit = self.start().await?.record_limit;
+        let started = self.start().await?;
+        let limit = started.record_limit;
         let mut entries = Vec::with_capacity(batch.records.len());
         for r in batch.records {
             let Some(data) = r.value.as_ref() else { continue }; // no tombstones on Kinesis
@@ -271,7 +272,6 @@ impl KinesisSink {
             entries.push((key, hash, r.value.unwrap_or_default()));
         }
         let (done, rx) = oneshot::channel();
-        let started = self.start().await?;
         started.tx.send((entries, done)).await.map_err(|_| Error::internal("the Kinesis sender stopped"))?;
         Ok(Box::pin(async move {
             rx.await.unwrap_or_else(|_| Err(Error::internal("the Kinesis sender stopped")))

@@ -1,6 +1,6 @@
 //! One line of `cdc check`: what was checked, the outcome, and how to fix it (both sources).
 
-use crate::error::Kind;
+use crate::error::{Error, Kind, Result};
 
 /// The outcome of one check.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,4 +22,18 @@ pub struct Check {
     pub status: Status,
     /// What was found, and on failure how to fix it.
     pub detail: String,
+}
+
+/// Before a run: the first failed check stops with its exit code; warnings are logged.
+pub fn require(checks: Vec<Check>) -> Result<()> {
+    for c in checks {
+        match c.status {
+            Status::Fail(kind) => {
+                return Err(Error::new(kind, format!("preflight check `{}` failed: {}", c.name, c.detail)));
+            }
+            Status::Warn => tracing::warn!(check = %c.name, "{}", c.detail),
+            Status::Ok => {}
+        }
+    }
+    Ok(())
 }

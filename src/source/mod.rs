@@ -28,6 +28,55 @@ pub enum SourceMessage {
     End,
 }
 
+/// What a source's reader task sends: messages in order, batched.
+pub type BatchSender = tokio::sync::mpsc::Sender<Result<Vec<SourceMessage>>>;
+
+/// The pipeline's end of a reader task's channel: yields its messages one by one.
+pub struct Batches {
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<SourceMessage>>>,
+    buf: std::vec::IntoIter<SourceMessage>,
+}
+
+impl Batches {
+    /// A channel of `capacity` batches: the task's sender and this end.
+    pub fn channel(capacity: usize) -> (BatchSender, Batches) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+        (tx, Batches { rx, buf: Vec::new().into_iter() })
+    }
+
+    /// The next message. Cancel-safe: `recv` loses nothing when dropped, and `buf` keeps
+    /// the rest of a batch. `who` names the reader in the error when its task is gone.
+    pub async fn next(&mut self, who: &str) -> Result<SourceMessage> {
+        loop {
+            if let Some(m) = self.buf.next() {
+                return Ok(m);
+            }
+            match self.rx.recv().await {
+                Some(batch) => self.buf = batch?.into_iter(),
+                None => {
+                    return Err(crate::error::Error::internal(format!(
+                        "the {who} reader task ended unexpectedly"
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// True when a TLS handshake failed somewhere in `e`'s chain (rustls refused the
+/// certificate or the protocol).
+pub fn tls_refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        let inner = c.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+        if c.is::<rustls::Error>() || inner.is_some_and(|i| i.is::<rustls::Error>()) {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// A change-log reader.
 pub trait Source {
     /// The next message. Must be cancel-safe: dropping the future loses nothing.

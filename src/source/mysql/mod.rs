@@ -19,7 +19,6 @@ use crate::config::{Config, SnapshotMode};
 use crate::error::{Error, Kind, Result};
 use crate::position::{BinlogPosition, Position};
 use crate::source::{Source, SourceMessage};
-use tokio::sync::mpsc;
 
 pub use binlog::Reader;
 pub use statement::statement_target;
@@ -31,7 +30,7 @@ pub use stream::HEARTBEAT;
 pub const SOURCE_CHANNEL: usize = 64;
 
 /// What the reader task sends: messages in order, batched.
-type Tx = mpsc::Sender<Result<Vec<SourceMessage>>>;
+type Tx = crate::source::BatchSender;
 
 pub use crate::source::Filter;
 
@@ -71,18 +70,7 @@ pub fn endpoint(opts: &mysql_async::Opts) -> String {
 
 /// True when a TLS handshake failed (rustls refused the certificate or the protocol).
 fn tls_refused(e: &mysql_async::Error) -> bool {
-    if matches!(e, mysql_async::Error::Io(mysql_async::IoError::Tls(_))) {
-        return true;
-    }
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cause {
-        let inner = c.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
-        if c.is::<rustls::Error>() || inner.is_some_and(|i| i.is::<rustls::Error>()) {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
+    matches!(e, mysql_async::Error::Io(mysql_async::IoError::Tls(_))) || crate::source::tls_refused(e)
 }
 
 /// True for MySQL error 1236 (the server cannot send the binlog from the requested position).
@@ -143,8 +131,7 @@ pub fn classify(e: mysql_async::Error, opts: &mysql_async::Opts, doing: &str) ->
 
 /// A running MySQL/MariaDB source.
 pub struct MysqlSource {
-    rx: mpsc::Receiver<Result<Vec<SourceMessage>>>,
-    buf: std::vec::IntoIter<SourceMessage>,
+    batches: crate::source::Batches,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -169,7 +156,7 @@ impl MysqlSource {
         };
         let opts = opts(config).await?;
         preflight::require(config, &opts, resume.as_ref()).await?;
-        let (tx, rx) = mpsc::channel(SOURCE_CHANNEL);
+        let (tx, batches) = crate::source::Batches::channel(SOURCE_CHANNEL);
         let filter = Filter::new(config);
         let (server_id, mode) = (config.server_id, config.snapshot);
         let task = tokio::spawn(async move {
@@ -178,7 +165,7 @@ impl MysqlSource {
                 let _ = tx.send(Err(e)).await;
             }
         });
-        Ok(MysqlSource { rx, buf: Vec::new().into_iter(), task })
+        Ok(MysqlSource { batches, task })
     }
 }
 
@@ -297,17 +284,9 @@ async fn gtid_at(conn: &mut mysql_async::Conn, file: &str, pos: u64) -> Option<S
 
 impl Source for MysqlSource {
     async fn next(&mut self) -> Result<SourceMessage> {
-        loop {
-            if let Some(m) = self.buf.next() {
-                return Ok(m);
-            }
-            // Cancel-safe: `recv` loses nothing when dropped, and `buf` keeps the rest.
-            match self.rx.recv().await {
-                Some(batch) => self.buf = batch?.into_iter(),
-                None => return Err(Error::internal("the MySQL reader task ended unexpectedly")),
-            }
-        }
+        self.batches.next("MySQL").await
     }
+
     async fn ack(&mut self, _upto: &Position) -> Result<()> {
         Ok(())
     }

@@ -240,14 +240,5 @@ pub async fn require(
     opts: &mysql_async::Opts,
     resume: Option<&BinlogPosition>,
 ) -> Result<()> {
-    for c in checks(config, opts, resume).await? {
-        match c.status {
-            Status::Fail(kind) => {
-                return Err(Error::new(kind, format!("preflight check `{}` failed: {}", c.name, c.detail)));
-            }
-            Status::Warn => tracing::warn!(check = %c.name, "{}", c.detail),
-            Status::Ok => {}
-        }
-    }
-    Ok(())
+    crate::source::check::require(checks(config, opts, resume).await?)
 }

@@ -136,7 +136,7 @@ impl Params {
     ) -> Error {
         let e = e.into();
         let at = self.endpoint();
-        if tls_refused(e.as_ref()) {
+        if crate::source::tls_refused(e.as_ref()) {
             return Error::config(format!(
                 "cannot {doing} at {at}: the TLS handshake failed: the server's certificate is not signed by a CA that \
                  sslrootcert (or the public roots) trusts, or does not name the host (sslmode=verify-full): fix \
@@ -340,19 +340,6 @@ impl ServerCertVerifier for Verify {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
-}
-
-/// True when a TLS handshake failed (rustls refused the certificate or the protocol).
-fn tls_refused(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cause {
-        let inner = c.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
-        if c.is::<rustls::Error>() || inner.is_some_and(|i| i.is::<rustls::Error>()) {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
 }
 
 #[cfg(test)]

@@ -29,18 +29,17 @@ use crate::position::{PgPosition, Position};
 use crate::source::Filter;
 use crate::source::{Source, SourceMessage};
 use conn::Params;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 /// Batches buffered between the reader task and the pipeline (a batch is at most a few
 /// hundred events): enough to keep both busy, bounded so a slow sink stops the reader.
 pub const SOURCE_CHANNEL: usize = 64;
 
-type Tx = mpsc::Sender<Result<Vec<SourceMessage>>>;
+type Tx = crate::source::BatchSender;
 
 /// A running Postgres source.
 pub struct PostgresSource {
-    rx: mpsc::Receiver<Result<Vec<SourceMessage>>>,
-    buf: std::vec::IntoIter<SourceMessage>,
+    batches: crate::source::Batches,
     acks: watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -87,14 +86,14 @@ impl PostgresSource {
             parallelism: config.snapshot_parallelism.max(1),
             spill_dir: config.state_dir.join(format!("{}.pg-spill", config.name)),
         };
-        let (tx, rx) = mpsc::channel(SOURCE_CHANNEL);
+        let (tx, batches) = crate::source::Batches::channel(SOURCE_CHANNEL);
         let (acks, ack_rx) = watch::channel(0);
         let task = tokio::spawn(async move {
             if let Err(e) = run(settings, resume, tx.clone(), ack_rx).await {
                 let _ = tx.send(Err(e)).await;
             }
         });
-        Ok(PostgresSource { rx, buf: Vec::new().into_iter(), acks, task })
+        Ok(PostgresSource { batches, acks, task })
     }
 }
 
@@ -186,16 +185,7 @@ async fn run(s: Settings, resume: Option<PgPosition>, tx: Tx, acks: watch::Recei
 
 impl Source for PostgresSource {
     async fn next(&mut self) -> Result<SourceMessage> {
-        loop {
-            if let Some(m) = self.buf.next() {
-                return Ok(m);
-            }
-            // Cancel-safe: `recv` loses nothing when dropped, and `buf` keeps the rest.
-            match self.rx.recv().await {
-                Some(batch) => self.buf = batch?.into_iter(),
-                None => return Err(Error::internal("the Postgres reader task ended unexpectedly")),
-            }
-        }
+        self.batches.next("Postgres").await
     }
 
     async fn ack(&mut self, upto: &Position) -> Result<()> {

@@ -5,7 +5,7 @@ use super::catalog::{self, Types};
 use super::conn::Params;
 use super::slot;
 use crate::config::Config;
-use crate::error::{Error, Kind, Result};
+use crate::error::{Kind, Result};
 use crate::position::PgPosition;
 use crate::source::Filter;
 use crate::source::check::{Check, Status};
@@ -213,14 +213,5 @@ async fn tables_checks(
 
 /// Runs the checks before streaming; the first failure stops with its exit code.
 pub async fn require(config: &Config, params: &Params, resume: Option<&PgPosition>) -> Result<()> {
-    for c in checks(config, params, resume).await? {
-        match c.status {
-            Status::Fail(kind) => {
-                return Err(Error::new(kind, format!("preflight check `{}` failed: {}", c.name, c.detail)));
-            }
-            Status::Warn => tracing::warn!(check = %c.name, "{}", c.detail),
-            Status::Ok => {}
-        }
-    }
-    Ok(())
+    crate::source::check::require(checks(config, params, resume).await?)
 }

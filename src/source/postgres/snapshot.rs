@@ -69,7 +69,7 @@ pub struct Job<'a> {
 pub async fn run(
     job: Job<'_>,
     hold: Option<super::replication::ReplConn>,
-    tx: &mpsc::Sender<Result<Vec<SourceMessage>>>,
+    tx: &crate::source::BatchSender,
 ) -> Result<bool> {
     let p = job.params;
     let begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";

@@ -23,11 +23,10 @@ use crate::error::{Error, Result};
 use crate::event::Table;
 use crate::position::format_lsn;
 use crate::source::Filter;
-use crate::source::SourceMessage;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_postgres::Client;
 
 /// Longest time between two standby status updates (well under the default 60 s
@@ -57,7 +56,7 @@ pub struct Stream {
 pub async fn run(
     s: Stream,
     start: u64,
-    tx: mpsc::Sender<Result<Vec<SourceMessage>>>,
+    tx: crate::source::BatchSender,
     mut acks: watch::Receiver<u64>,
 ) -> Result<()> {
     let client = s.params.sql("read the catalog").await?;
@@ -156,7 +155,7 @@ struct State {
     client: Client,
     s: Stream,
     conn: ReplConn,
-    tx: mpsc::Sender<Result<Vec<SourceMessage>>>,
+    tx: crate::source::BatchSender,
     parallel: bool,
     flushed: u64,
     status_every: Duration,
