@@ -92,6 +92,22 @@ pub async fn read_all(c: &Client, name: &str) -> Vec<Got> {
     out
 }
 
+/// The `v` of every record of table `t (id, v)`, per id, in stream order.
+fn values_by_id(got: &[Got]) -> HashMap<i64, Vec<i64>> {
+    let mut seen: HashMap<i64, Vec<i64>> = HashMap::new();
+    for g in got {
+        let a = &g.data["after"];
+        seen.entry(a["id"].as_i64().unwrap()).or_default().push(a["v"].as_i64().unwrap());
+    }
+    seen
+}
+
+/// A graceful stop that keeps this (single-threaded) test runtime free meanwhile: the
+/// proxy runs on it, and cdc's drain needs the proxy to answer.
+async fn stop_off_runtime(cdc: Running) -> bool {
+    tokio::task::spawn_blocking(move || cdc.stop().success()).await.unwrap()
+}
+
 fn sha256_hex(s: &str) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
@@ -287,12 +303,8 @@ async fn partial_failures_lose_and_reorder_nothing_and_no_request_breaks_a_limit
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    assert!(cdc.stop().success());
-    let mut seen: HashMap<i64, Vec<i64>> = HashMap::new();
-    for g in &got {
-        let a = &g.data["after"];
-        seen.entry(a["id"].as_i64().unwrap()).or_default().push(a["v"].as_i64().unwrap());
-    }
+    assert!(stop_off_runtime(cdc).await);
+    let seen = values_by_id(&got);
     assert_eq!(seen, want, "every change once, in commit order per key");
     let st = proxy.stats.lock().unwrap();
     assert!(st.violations.is_empty(), "{:?}", &st.violations[..st.violations.len().min(10)]);
@@ -351,14 +363,10 @@ async fn a_minute_of_throttling_under_writes_ends_with_everything_delivered_in_f
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    assert!(cdc.stop().success());
+    assert!(stop_off_runtime(cdc).await);
     let st = proxy.stats.lock().unwrap();
     assert!(st.throttled > 10, "{} requests throttled", st.throttled);
-    let mut seen: HashMap<i64, Vec<i64>> = HashMap::new();
-    for g in &got {
-        let a = &g.data["after"];
-        seen.entry(a["id"].as_i64().unwrap()).or_default().push(a["v"].as_i64().unwrap());
-    }
+    let seen = values_by_id(&got);
     for (id, v) in &done {
         assert!(seen.get(id).is_some_and(|vs| vs.contains(v)), "lost ({id}, {v})");
     }
@@ -398,11 +406,7 @@ async fn kill_9_twice_under_load_loses_nothing_and_a_graceful_restart_repeats_no
         assert!(start.elapsed() < T, "no end marker; stderr:\n{}", cdc.stderr());
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    let mut seen: HashMap<i64, Vec<i64>> = HashMap::new();
-    for g in &got {
-        let a = &g.data["after"];
-        seen.entry(a["id"].as_i64().unwrap()).or_default().push(a["v"].as_i64().unwrap());
-    }
+    let seen = values_by_id(&got);
     for (id, v) in &done {
         assert!(seen.get(id).is_some_and(|vs| vs.contains(v)), "lost ({id}, {v})");
     }
@@ -488,14 +492,8 @@ async fn lost_answers_duplicate_but_never_reorder_and_access_denied_is_77() {
     };
     // The faults end: the stop only waits for the retries still pending.
     proxy.stats.lock().unwrap().lose_answers = 0.0;
-    // A busy kinesis-mock can take longer than an attempt's 10 s: give the drain time.
-    signal(&cdc.child, "INT");
-    assert!(wait_exit(&mut cdc.child, Duration::from_secs(120)).success(), "{}", cdc.stderr());
-    let mut seen: HashMap<i64, Vec<i64>> = HashMap::new();
-    for g in &got {
-        let a = &g.data["after"];
-        seen.entry(a["id"].as_i64().unwrap()).or_default().push(a["v"].as_i64().unwrap());
-    }
+    assert!(stop_off_runtime(cdc).await);
+    let seen = values_by_id(&got);
     for (id, vs) in &seen {
         assert!(
             vs.windows(2).all(|w| w[0] <= w[1]),
