@@ -209,7 +209,7 @@ pub async fn check(config: &Config) -> Result<i32> {
         println!("{label}  {:<26} {}", c.name, c.detail);
     }
     let sink = match build_sink(config) {
-        Ok(sink) => sink.check().await,
+        Ok(mut sink) => sink.check().await,
         Err(e) => Err(e),
     };
     match sink {

@@ -1,28 +1,27 @@
 //! Amazon Kinesis Data Streams sink: PutRecords with every limit enforced by construction
-//! and per-key order kept through partial failures.
+//! and per-key order kept through partial failures (the sender task, [`sender`]).
 //!
-//! One sender task owns the records of every batch the pipeline handed over, in source
-//! order. It builds requests of at most [`MAX_ENTRIES`] entries and [`MAX_REQUEST_BYTES`]
-//! (partition keys included), keeps up to [`IN_FLIGHT`] requests going, and never has two
-//! records of one partition key in flight at once: a record is sent only when no earlier
-//! record of its key is unsent, waiting for a retry, or in flight. Failed entries (from that
-//! response's own indices) and whole failed requests are retried with exponential backoff
-//! and full jitter, without limit and without dropping anything; a batch is acknowledged
-//! only when each of its records has a sequence number. Deletes get no tombstone.
+//! The sink maps each change to its stream (one, or one per table from `{db}`, `{schema}`,
+//! `{table}` in `--kinesis-stream`), checks it against that stream's record limit and hands
+//! the batch to the sender; the delivery resolves when every record has a sequence number.
+//! Deletes get no tombstone. `aggregation=true` packs records of one shard in the KPL
+//! format ([`aggregate`]).
 
-use crate::config::Config;
+mod aggregate;
+mod sender;
+
+use crate::config::{Config, SourceKind};
 use crate::encode::Record;
 use crate::error::{Error, Kind, Result};
+use crate::event::Table;
 use crate::sink::{Batch, Delivery};
+use aggregate::ShardMap;
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::ProvideErrorMetadata;
-use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{OnceCell, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 /// Entries per PutRecords (the API's limit).
@@ -37,9 +36,6 @@ pub const MAX_KEY_CHARS: usize = 256;
 pub const IN_FLIGHT: usize = 4;
 /// One HTTP attempt; the SDK has no timeout of its own, and a hung request must not block.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
-/// First wait before a retry; doubles up to [`MAX_BACKOFF`], full jitter.
-const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a stream may stay CREATING/UPDATING at start before cdc gives up (69).
 const ACTIVE_WAIT: Duration = Duration::from_secs(60);
 
@@ -75,6 +71,8 @@ struct Options {
     hash: bool,
     /// `max.record.bytes`: the record limit instead of the stream's.
     max_record: Option<usize>,
+    /// `aggregation=true`: KPL aggregated records.
+    aggregate: bool,
 }
 
 impl Options {
@@ -99,11 +97,16 @@ impl Options {
                     o.max_record = Some(n);
                 }
                 "aggregation" => {
-                    return Err(bad("nothing yet: KPL aggregation is not available in this version"));
+                    o.aggregate = match v.as_str() {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err(bad("aggregation=true or aggregation=false")),
+                    }
                 }
                 _ => {
                     return Err(Error::config(format!(
-                        "unknown --kinesis-option {k}: known are partition=key|hash and max.record.bytes=N"
+                        "unknown --kinesis-option {k}: known are partition=key|hash, aggregation=true|false \
+                         and max.record.bytes=N"
                     )));
                 }
             }
@@ -112,72 +115,99 @@ impl Options {
     }
 }
 
-/// One record to put.
-struct Entry {
-    key: String,
-    /// `ExplicitHashKey`, with `partition=hash`.
-    hash: Option<String>,
-    data: Vec<u8>,
-    /// Position in source order, over all batches.
-    seq: u64,
-    job: u64,
-    attempts: u32,
-    not_before: Instant,
+/// A stream the sink writes to, as described when first used.
+#[derive(Debug)]
+pub struct StreamInfo {
+    pub name: String,
+    /// Largest record (data plus partition key).
+    pub record_limit: usize,
+    /// Its open shards (read with aggregation only; empty otherwise).
+    pub shards: Arc<ShardMap>,
 }
-
-/// A batch of the pipeline: how many of its records still lack a sequence number.
-struct Job {
-    id: u64,
-    left: usize,
-    done: Option<oneshot::Sender<Result<()>>>,
-}
-
-type Handoff = (Vec<(String, Option<String>, Vec<u8>)>, oneshot::Sender<Result<()>>);
 
 struct Started {
-    tx: mpsc::Sender<Handoff>,
-    record_limit: usize,
-    shards: i32,
+    client: Client,
+    tx: mpsc::Sender<sender::Handoff>,
     _task: tokio::task::JoinHandle<()>,
 }
 
 /// The Kinesis sink; connects on its first `check` or `send`.
 pub struct KinesisSink {
-    stream: String,
+    /// `--kinesis-stream`, perhaps with `{db}`, `{schema}`, `{table}`.
+    template: String,
+    /// The source's database (Postgres; `{db}` of MySQL is the table's database).
+    database: Option<String>,
     endpoint: Option<String>,
     options: Options,
-    started: OnceCell<Started>,
+    started: Option<Started>,
+    /// Streams by name, and by table when the name is a template.
+    streams: HashMap<String, Arc<StreamInfo>>,
+    tables: HashMap<String, HashMap<String, Arc<StreamInfo>>>,
 }
 
 impl KinesisSink {
     /// A sink for `--kinesis-stream` (validated by the configuration).
     pub fn new(config: &Config) -> Result<Self> {
-        let stream = config.kinesis_stream.clone().unwrap_or_default();
-        if stream.contains('{') {
+        let template = config.kinesis_stream.clone().unwrap_or_default();
+        let mut rest = template.replace("{db}", "").replace("{schema}", "").replace("{table}", "");
+        rest.retain(|c| !c.is_ascii_alphanumeric() && !"_.-".contains(c));
+        if !rest.is_empty() {
             return Err(Error::config(format!(
-                "--kinesis-stream {stream}: one stream per table ({{db}}, {{schema}}, {{table}}) is not available yet"
+                "--kinesis-stream {template}: a stream name has only letters, digits, `_`, `.` and `-` \
+                 (and {{db}}, {{schema}}, {{table}} for one stream per table)"
             )));
         }
-        let options = Options::parse(&config.kinesis_options)?;
+        let database = (config.source == SourceKind::Postgres)
+            .then(|| config.source_url.expose().path().trim_start_matches('/').to_owned());
         Ok(KinesisSink {
-            stream,
+            template,
+            database,
             endpoint: config.kinesis_endpoint.clone(),
-            options,
-            started: OnceCell::new(),
+            options: Options::parse(&config.kinesis_options)?,
+            started: None,
+            streams: HashMap::new(),
+            tables: HashMap::new(),
         })
     }
 
-    /// Reaches the stream: its status, shard count and record limit.
-    pub async fn check(&self) -> Result<String> {
-        let s = self.start().await?;
-        Ok(format!(
-            "stream {} is ACTIVE: {} open shards, records up to {} bytes",
-            self.stream, s.shards, s.record_limit
-        ))
+    fn per_table(&self) -> bool {
+        self.template.contains('{')
     }
 
-    async fn start(&self) -> Result<&Started> {
-        self.started.get_or_try_init(|| self.connect()).await
+    /// Reaches the stream: its status, shard count and record limit (with one stream per
+    /// table, the credentials only; each table's stream is described at its first change).
+    pub async fn check(&mut self) -> Result<String> {
+        if self.per_table() {
+            let client = self.start().await?.client.clone();
+            let n = client.list_streams().send().await.map(|o| o.stream_names().len());
+            return Ok(match n {
+                Ok(n) => format!(
+                    "Kinesis answers ({n} streams visible); one stream per table from {}: each is described at its \
+                     table's first change",
+                    self.template
+                ),
+                Err(e) => format!(
+                    "one stream per table from {}: each is described at its table's first change (ListStreams: {})",
+                    self.template,
+                    e.code().unwrap_or("no answer")
+                ),
+            });
+        }
+        let name = self.template.clone();
+        let s = self.stream(&name, None).await?;
+        let shards = if self.options.aggregate {
+            format!(", {} shards read for aggregation", s.shards.len())
+        } else {
+            String::new()
+        };
+        Ok(format!("stream {name} is ACTIVE: records up to {} bytes{shards}", s.record_limit))
+    }
+
+    async fn start(&mut self) -> Result<&Started> {
+        if self.started.is_none() {
+            self.started = Some(self.connect().await?);
+        }
+        Ok(self.started.as_ref().expect("just started"))
     }
 
     async fn connect(&self) -> Result<Started> {
@@ -199,284 +229,175 @@ impl KinesisSink {
             ));
         }
         let client = Client::from_conf(b.build());
-        let (record_limit, shards) = self.wait_active(&client).await?;
         let (tx, rx) = mpsc::channel(IN_FLIGHT);
-        let sender = Sender { client, stream: self.stream.clone() };
-        let task = tokio::spawn(sender.run(rx));
-        let record_limit = self.options.max_record.unwrap_or(record_limit);
-        Ok(Started { tx, record_limit, shards, _task: task })
+        let sender = sender::Sender { client: client.clone(), aggregate: self.options.aggregate };
+        Ok(Started { client, tx, _task: tokio::spawn(sender.run(rx)) })
     }
 
-    /// DescribeStreamSummary until ACTIVE (record limit, open shards): missing → 78,
-    /// refused → 77, never ACTIVE → 69.
-    async fn wait_active(&self, client: &Client) -> Result<(usize, i32)> {
-        let deadline = Instant::now() + ACTIVE_WAIT;
-        loop {
-            let out = client.describe_stream_summary().stream_name(&self.stream).send().await;
-            let summary = match out {
-                Ok(o) => o
-                    .stream_description_summary
-                    .ok_or_else(|| Error::internal("DescribeStreamSummary: empty"))?,
-                Err(e) => {
-                    let code = e.code().unwrap_or("").to_owned();
-                    let msg = format!("cannot describe Kinesis stream {}", self.stream);
-                    return Err(match code.as_str() {
-                        "ResourceNotFoundException" => Error::config(format!(
-                            "Kinesis stream {} does not exist: create it, or fix --kinesis-stream / the region",
-                            self.stream
-                        )),
-                        "AccessDeniedException" | "UnrecognizedClientException" | "InvalidSignatureException" => {
-                            Error::new(Kind::Auth, format!("{msg}: access denied ({code}): check the AWS credentials and the IAM policy"))
-                        }
-                        _ => Error::unavailable(format!("{msg}: the Kinesis endpoint is unreachable")),
-                    }
-                    .with_source(e));
-                }
-            };
-            let status = summary.stream_status().as_str().to_owned();
-            if status == "ACTIVE" || status == "UPDATING" {
-                let kib = summary.max_record_size_in_kib().unwrap_or(1024).max(1) as usize;
-                return Ok((kib * 1024, summary.open_shard_count()));
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::unavailable(format!(
-                    "Kinesis stream {} stayed {status} for {ACTIVE_WAIT:?}: wait until it is ACTIVE",
-                    self.stream
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+    /// The stream `name`, described (and its shards read, with aggregation) when first used;
+    /// `table` is named in the errors of a per-table stream.
+    async fn stream(&mut self, name: &str, table: Option<&Table>) -> Result<Arc<StreamInfo>> {
+        if let Some(s) = self.streams.get(name) {
+            return Ok(s.clone());
         }
+        let client = self.start().await?.client.clone();
+        let label = match table {
+            Some(t) => format!("{name} (the stream of table {})", t.qualified()),
+            None => name.to_owned(),
+        };
+        let limit = wait_active(&client, name, &label).await?;
+        let shards = if self.options.aggregate {
+            list_shards(&client, name, &label).await?
+        } else {
+            ShardMap::default()
+        };
+        let info = Arc::new(StreamInfo {
+            name: name.to_owned(),
+            record_limit: self.options.max_record.unwrap_or(limit),
+            shards: Arc::new(shards),
+        });
+        tracing::info!(stream = name, record_limit = info.record_limit, "Kinesis stream is ACTIVE");
+        self.streams.insert(name.to_owned(), info.clone());
+        Ok(info)
+    }
+
+    /// The stream of `table`'s changes.
+    async fn stream_of(&mut self, table: &Table) -> Result<Arc<StreamInfo>> {
+        if !self.per_table() {
+            let name = self.template.clone();
+            return self.stream(&name, None).await;
+        }
+        if let Some(s) = self.tables.get(table.schema.as_str()).and_then(|m| m.get(table.name.as_str())) {
+            return Ok(s.clone());
+        }
+        let name = stream_name(&self.template, self.database.as_deref().unwrap_or(&table.schema), table);
+        let info = self.stream(&name, Some(table)).await?;
+        self.tables.entry(table.schema.clone()).or_default().insert(table.name.clone(), info.clone());
+        Ok(info)
     }
 
     /// Hands `batch` to the sender; the delivery resolves when every record is stored.
     pub async fn send(&mut self, batch: Batch) -> Result<Delivery> {
-        let started = self.start().await?;
-        let limit = started.record_limit;
         let mut entries = Vec::with_capacity(batch.records.len());
         for r in batch.records {
             let Some(data) = r.value.as_ref() else { continue }; // no tombstones on Kinesis
+            let stream = self.stream_of(&r.table).await?;
             let key = partition_key(&r);
-            let size = data.len() + key.len();
+            let (size, limit) = (data.len() + key.len(), stream.record_limit);
             if size > limit {
                 return Err(Error::new(
                     Kind::Encode,
                     format!(
-                        "a change of {} (partition key SHA-256 {}) is {size} bytes, over the stream's record limit of \
-                         {limit} bytes (raise it with UpdateMaxRecordSize, or leave the table out): stopping before it",
+                        "a change of {} (partition key SHA-256 {}) is {size} bytes, over the record limit of stream {} \
+                         of {limit} bytes (raise it with UpdateMaxRecordSize, or leave the table out): stopping before it",
                         r.table.qualified(),
-                        &hex_sha256(key.as_bytes())[..16]
+                        &hex_sha256(key.as_bytes())[..16],
+                        stream.name
                     ),
                 ));
             }
             let hash = self.options.hash.then(|| explicit_hash(&key));
-            entries.push((key, hash, r.value.unwrap_or_default()));
+            entries.push((stream, key, hash, r.value.unwrap_or_default()));
         }
         let (done, rx) = oneshot::channel();
-        started.tx.send((entries, done)).await.map_err(|_| Error::internal("the Kinesis sender stopped"))?;
+        let tx = self.start().await?.tx.clone();
+        tx.send((entries, done)).await.map_err(|_| Error::internal("the Kinesis sender stopped"))?;
         Ok(Box::pin(async move {
             rx.await.unwrap_or_else(|_| Err(Error::internal("the Kinesis sender stopped")))
         }))
     }
 }
 
-/// The task that puts records.
-struct Sender {
-    client: Client,
-    stream: String,
+/// `template` with `{db}` (the MySQL database or Postgres database), `{schema}` and `{table}`
+/// filled in; a character a stream name cannot hold becomes `_`.
+pub fn stream_name(template: &str, db: &str, table: &Table) -> String {
+    let name =
+        template.replace("{db}", db).replace("{schema}", &table.schema).replace("{table}", &table.name);
+    let clean: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '_' }).collect();
+    if clean != name {
+        tracing::info!(table = %table.qualified(), stream = %clean, "the table's name has characters a Kinesis stream name cannot hold: replaced by _");
+    }
+    clean
 }
 
-/// What one request returned: its entries, and per entry None (stored) or the error code.
-type Outcome = (Vec<Entry>, std::result::Result<Vec<Option<String>>, Error>);
-
-impl Sender {
-    async fn run(self, mut rx: mpsc::Receiver<Handoff>) {
-        let (mut queue, mut jobs) = (VecDeque::<Entry>::new(), VecDeque::<Job>::new());
-        let mut busy: HashSet<String> = HashSet::new();
-        let mut inflight = FuturesUnordered::new();
-        let (mut next_job, mut next_seq) = (0u64, 0u64);
-        loop {
-            while inflight.len() < IN_FLIGHT {
-                let req = take_ready(&mut queue, &busy);
-                if req.is_empty() {
-                    break;
-                }
-                busy.extend(req.iter().map(|e| e.key.clone()));
-                inflight.push(self.put(req));
+/// DescribeStreamSummary until ACTIVE, giving the record limit: missing → 78, refused → 77,
+/// never ACTIVE → 69.
+async fn wait_active(client: &Client, stream: &str, label: &str) -> Result<usize> {
+    let deadline = Instant::now() + ACTIVE_WAIT;
+    loop {
+        let out = client.describe_stream_summary().stream_name(stream).send().await;
+        let summary = match out {
+            Ok(o) => {
+                o.stream_description_summary.ok_or_else(|| Error::internal("DescribeStreamSummary: empty"))?
             }
-            let wake = queue.iter().map(|e| e.not_before).min();
-            tokio::select! {
-                biased;
-                Some((sent, result)) = inflight.next() => {
-                    match result {
-                        Ok(codes) => {
-                            for (mut e, code) in sent.into_iter().zip(codes) {
-                                busy.remove(&e.key);
-                                match code {
-                                    None => finish(&mut jobs, e.job),
-                                    Some(code) if is_permanent(&code) => {
-                                        fail(&mut jobs, e.job, Error::new(Kind::Encode, format!(
-                                            "Kinesis refused a record of stream {} ({code}): stopping before it", self.stream)));
-                                    }
-                                    Some(code) => {
-                                        tracing::debug!(%code, "Kinesis entry failed: retrying it before later records of its key");
-                                        retry_later(&mut e);
-                                        queue_in_order(&mut queue, e);
-                                    }
-                                }
-                            }
-                        }
-                        Err(err) if err.is_transient() => {
-                            tracing::warn!(error = %crate::error::report(&err), "PutRecords failed: retrying its records");
-                            for mut e in sent {
-                                busy.remove(&e.key);
-                                retry_later(&mut e);
-                                queue_in_order(&mut queue, e);
-                            }
-                        }
-                        Err(err) => {
-                            let msg = err.to_string();
-                            for e in sent {
-                                fail(&mut jobs, e.job, Error::new(err.kind(), msg.clone()));
-                            }
-                        }
-                    }
-                    complete(&mut jobs);
-                }
-                // A retry waits here (a time already past wakes at once: nothing may stall).
-                () = async { tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)).await }, if wake.is_some() && inflight.len() < IN_FLIGHT => {}
-                got = rx.recv(), if jobs.len() < IN_FLIGHT * 4 => {
-                    let Some((entries, done)) = got else { return };
-                    let id = next_job;
-                    next_job += 1;
-                    jobs.push_back(Job { id, left: entries.len(), done: Some(done) });
-                    let now = Instant::now();
-                    for (key, hash, data) in entries {
-                        queue.push_back(Entry { key, hash, data, seq: next_seq, job: id, attempts: 0, not_before: now });
-                        next_seq += 1;
-                    }
-                    complete(&mut jobs);
-                }
-            }
+            Err(e) => return Err(describe_error(label, "describe", e.code().map(str::to_owned), e)),
+        };
+        let status = summary.stream_status().as_str().to_owned();
+        if status == "ACTIVE" || status == "UPDATING" {
+            return Ok(summary.max_record_size_in_kib().unwrap_or(1024).max(1) as usize * 1024);
         }
-    }
-
-    /// One PutRecords of `entries`.
-    fn put(&self, entries: Vec<Entry>) -> impl Future<Output = Outcome> + use<> {
-        let (client, stream) = (self.client.clone(), self.stream.clone());
-        async move {
-            let mut records = Vec::with_capacity(entries.len());
-            for e in &entries {
-                let r = PutRecordsRequestEntry::builder()
-                    .data(Blob::new(e.data.clone()))
-                    .partition_key(&e.key)
-                    .set_explicit_hash_key(e.hash.clone())
-                    .build();
-                match r {
-                    Ok(r) => records.push(r),
-                    Err(err) => {
-                        return (
-                            entries,
-                            Err(Error::internal("cannot build a PutRecords entry").with_source(err)),
-                        );
-                    }
-                }
-            }
-            let sent = client.put_records().stream_name(&stream).set_records(Some(records)).send().await;
-            let result = match sent {
-                Ok(out) if out.records().len() == entries.len() => {
-                    Ok(out.records().iter().map(|r| r.error_code().map(str::to_owned)).collect())
-                }
-                Ok(out) => Err(Error::unavailable(format!(
-                    "PutRecords answered {} entries for {}: retrying",
-                    out.records().len(),
-                    entries.len()
-                ))),
-                Err(e) => Err(request_error(&stream, e)),
-            };
-            (entries, result)
+        if Instant::now() >= deadline {
+            return Err(Error::unavailable(format!(
+                "Kinesis stream {label} stayed {status} for {ACTIVE_WAIT:?}: wait until it is ACTIVE"
+            )));
         }
+        tracing::info!(stream, status, "waiting for the Kinesis stream to be ACTIVE");
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-/// A whole-request error: throttling, 5xx, timeouts and broken connections are retried;
-/// a missing stream is 78, refused credentials 77, an invalid request 65.
-fn request_error(
+/// The open shards of `stream` (ListShards, every page); `label` names it in errors.
+pub(crate) async fn list_shards(client: &Client, stream: &str, label: &str) -> Result<ShardMap> {
+    let (mut ranges, mut token) = (Vec::new(), None::<String>);
+    loop {
+        let req = match &token {
+            Some(t) => client.list_shards().next_token(t),
+            None => client.list_shards().stream_name(stream),
+        };
+        let out = req
+            .send()
+            .await
+            .map_err(|e| describe_error(label, "list the shards of", e.code().map(str::to_owned), e))?;
+        for s in out.shards() {
+            let r = s.hash_key_range();
+            let open = s.sequence_number_range().is_none_or(|q| q.ending_sequence_number().is_none());
+            if let (true, Some(r)) = (open, r)
+                && let (Ok(a), Ok(b)) = (r.starting_hash_key().parse(), r.ending_hash_key().parse())
+            {
+                ranges.push((a, b, s.shard_id().to_owned()));
+            }
+        }
+        match out.next_token() {
+            Some(t) => token = Some(t.to_owned()),
+            None => break,
+        }
+    }
+    if ranges.is_empty() {
+        return Err(Error::unavailable(format!("Kinesis stream {label} has no open shard")));
+    }
+    Ok(ShardMap::new(ranges))
+}
+
+/// An error of a control call on `stream`: missing → 78, refused → 77, else 69.
+fn describe_error(
     stream: &str,
-    e: aws_sdk_kinesis::error::SdkError<aws_sdk_kinesis::operation::put_records::PutRecordsError>,
+    what: &str,
+    code: Option<String>,
+    e: impl std::error::Error + Send + Sync + 'static,
 ) -> Error {
-    let code = e.code().unwrap_or("").to_owned();
-    let kind = match code.as_str() {
-        "ResourceNotFoundException" => Kind::Config,
-        "AccessDeniedException" | "UnrecognizedClientException" | "InvalidSignatureException" => Kind::Auth,
-        "InvalidArgumentException" | "ValidationException" => Kind::Encode,
-        _ => Kind::Unavailable,
-    };
-    let what = if code.is_empty() { "no answer".to_owned() } else { code };
-    Error::new(kind, format!("PutRecords to Kinesis stream {stream} failed ({what})")).with_source(e)
-}
-
-/// Per-entry error codes that retrying cannot fix.
-fn is_permanent(code: &str) -> bool {
-    matches!(code, "InvalidArgumentException" | "ValidationException" | "AccessDeniedException")
-}
-
-/// The next request: from the front, records whose key has nothing earlier pending or in
-/// flight, at most one per key, within the count and byte limits.
-fn take_ready(queue: &mut VecDeque<Entry>, busy: &HashSet<String>) -> Vec<Entry> {
-    let now = Instant::now();
-    let (mut blocked, mut picked, mut bytes) = (HashSet::new(), Vec::new(), 0usize);
-    let mut i = 0;
-    while i < queue.len() && picked.len() < MAX_ENTRIES {
-        let e = &queue[i];
-        if busy.contains(&e.key) || blocked.contains(&e.key) || e.not_before > now {
-            // Nothing later of this key may pass it.
-            blocked.insert(e.key.clone());
-            i += 1;
-            continue;
-        }
-        let size = e.data.len() + e.key.len();
-        if bytes + size > MAX_REQUEST_BYTES {
-            break;
-        }
-        bytes += size;
-        blocked.insert(e.key.clone());
-        picked.push(queue.remove(i).expect("index in range"));
+    let code = code.unwrap_or_default();
+    match code.as_str() {
+        "ResourceNotFoundException" => Error::config(format!(
+            "Kinesis stream {stream} does not exist: create it, or fix --kinesis-stream / the region"
+        )),
+        "AccessDeniedException" | "UnrecognizedClientException" | "InvalidSignatureException" => Error::new(
+            Kind::Auth,
+            format!("cannot {what} Kinesis stream {stream}: access denied ({code}): check the AWS credentials and the IAM policy"),
+        ),
+        _ => Error::unavailable(format!("cannot {what} Kinesis stream {stream}: the Kinesis endpoint is unreachable")),
     }
-    picked
-}
-
-/// Backoff before the next attempt of `e`: exponential, full jitter.
-fn retry_later(e: &mut Entry) {
-    e.attempts += 1;
-    let cap = INITIAL_BACKOFF.saturating_mul(1 << e.attempts.min(16)).min(MAX_BACKOFF);
-    e.not_before = Instant::now() + cap.mul_f64(fastrand::f64());
-}
-
-/// Puts a retried entry back at its place in source order.
-fn queue_in_order(queue: &mut VecDeque<Entry>, e: Entry) {
-    let at = queue.iter().position(|q| q.seq > e.seq).unwrap_or(queue.len());
-    queue.insert(at, e);
-}
-
-fn finish(jobs: &mut VecDeque<Job>, id: u64) {
-    if let Some(j) = jobs.iter_mut().find(|j| j.id == id) {
-        j.left -= 1;
-    }
-}
-
-fn fail(jobs: &mut VecDeque<Job>, id: u64, err: Error) {
-    if let Some(done) = jobs.iter_mut().find(|j| j.id == id).and_then(|j| j.done.take()) {
-        let _ = done.send(Err(err));
-    }
-}
-
-/// Resolves the deliveries of finished batches, oldest first.
-fn complete(jobs: &mut VecDeque<Job>) {
-    while jobs.front().is_some_and(|j| j.left == 0 || j.done.is_none()) {
-        if let Some(done) = jobs.pop_front().and_then(|j| j.done) {
-            let _ = done.send(Ok(()));
-        }
-    }
+    .with_source(e)
 }
 
 #[cfg(test)]

@@ -52,7 +52,7 @@ pub enum AnySink {
 
 impl AnySink {
     /// For `cdc check`: whether the destination answers (a line of detail).
-    pub async fn check(&self) -> Result<String> {
+    pub async fn check(&mut self) -> Result<String> {
         match self {
             AnySink::Lines(_) => Ok("writes JSON lines".into()),
             #[cfg(feature = "kafka")]
