@@ -85,15 +85,19 @@ pub async fn run(config: &Config, shutdown: Shutdown, retry_budget: Duration) ->
     loop {
         let before = store.load()?;
         let attempt = async {
-            // A stop while connecting ends the attempt at once: nothing is in flight yet.
-            let source = tokio::select! {
+            // Reach the destination first: refused credentials stop the run (77) even before
+            // there is a change to deliver, and a sink that never answers runs out the retry
+            // budget (a source already reading would count as progress). A stop while
+            // connecting ends the attempt at once: nothing is in flight yet.
+            let mut sink = build_sink(config)?;
+            tokio::select! {
+                r = sink.check() => r?,
+                () = stopped(shutdown.clone()) => return Ok(Stopped::Shutdown),
+            };
+            let mut source = tokio::select! {
                 s = build_source(config, &store) => s?,
                 () = stopped(shutdown.clone()) => return Ok(Stopped::Shutdown),
             };
-            let (mut source, mut sink) = (source, build_sink(config)?);
-            // Reach the destination now: refused credentials stop the run (77) even before
-            // there is a change to deliver.
-            sink.check().await?;
             let mut encoder = Encoder::new(&config.name, &config.topic_prefix, sink.wants_tombstones());
             // Once streaming, only the pipeline watches the signal, so it can drain first.
             let stop = stopped(shutdown.clone());

@@ -70,7 +70,10 @@ impl Write for RedactedStderr {
 }
 
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CDC_LOG").unwrap_or_else(|_| "info".into());
+    // The AWS SDK warns at every start that its default HTTP client will change; cdc pins
+    // the one it uses (`legacy-https-client`), so that notice is only noise for operators.
+    let quiet = "info,aws_smithy_runtime::client::defaults=error";
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CDC_LOG").unwrap_or_else(|_| quiet.into());
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -2,7 +2,8 @@
 //! fails a share of PutRecords entries (not forwarding them; some keys several times in a
 //! row), answers the rest with the emulator's own results, and records every limit or
 //! ordering rule a request breaks: over 500 entries or 5 MiB, two entries of one key in a
-//! request, or a key already in flight in another request.
+//! request, or a key already in flight in another request (for KPL aggregates, the keys
+//! inside them). It can also say a stream is still CREATING, or refuse to describe it.
 
 use base64::Engine;
 use serde_json::{Value, json};
@@ -34,6 +35,11 @@ pub struct Stats {
     pub lost_answers: usize,
     /// Answer DescribeStreamSummary with AccessDenied.
     pub deny: bool,
+    /// Until then DescribeStreamSummary says the stream is CREATING.
+    pub creating_until: Option<std::time::Instant>,
+    /// KPL aggregates seen, and the records inside them.
+    pub aggregates: usize,
+    pub aggregated_records: usize,
 }
 
 /// A running proxy; `url` is the endpoint to give cdc.
@@ -148,11 +154,17 @@ async fn serve(mut conn: TcpStream, upstream: String, stats: Arc<Mutex<Stats>>, 
             continue;
         }
         let put = target.ends_with(".PutRecords");
-        let (status, answer) = if put {
+        let (status, mut answer) = if put {
             put_records(&upstream, &head, &body, &stats, rate).await
         } else {
             forward(&upstream, &head, &body).await
         };
+        let creating = stats.lock().unwrap().creating_until.is_some_and(|t| std::time::Instant::now() < t);
+        if target.ends_with(".DescribeStreamSummary") && creating && status.contains(" 200") {
+            let mut v: Value = serde_json::from_slice(&answer).unwrap();
+            v["StreamDescriptionSummary"]["StreamStatus"] = json!("CREATING");
+            answer = serde_json::to_vec(&v).unwrap();
+        }
         if put && status.contains(" 200") {
             let lose = {
                 let mut st = stats.lock().unwrap();
@@ -194,6 +206,13 @@ async fn put_records(
     let records = req["Records"].as_array().cloned().unwrap_or_default();
     let keys: Vec<String> =
         records.iter().map(|r| r["PartitionKey"].as_str().unwrap_or("").to_owned()).collect();
+    let datas: Vec<Vec<u8>> = records
+        .iter()
+        .map(|r| base64::engine::general_purpose::STANDARD.decode(r["Data"].as_str().unwrap_or("")).unwrap())
+        .collect();
+    // The keys each entry carries: an aggregate's own (each once), else its partition key.
+    let carried: Vec<Vec<String>> =
+        datas.iter().zip(&keys).map(|(d, k)| aggregate_keys(d).unwrap_or_else(|| vec![k.clone()])).collect();
     let mut fail = vec![false; records.len()];
     {
         let mut st = stats.lock().unwrap();
@@ -211,26 +230,25 @@ async fn put_records(
             let answer = json!({"FailedRecordCount": records.len(), "Records": all});
             return ("HTTP/1.1 200 OK".into(), serde_json::to_vec(&answer).unwrap());
         }
-        let bytes: usize = records
-            .iter()
-            .zip(&keys)
-            .map(|(r, k)| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(r["Data"].as_str().unwrap_or(""))
-                    .map_or(0, |d| d.len())
-                    + k.len()
-            })
-            .sum();
+        let bytes: usize = datas.iter().zip(&keys).map(|(d, k)| d.len() + k.len()).sum();
         if records.len() > 500 || bytes > 5 * 1024 * 1024 {
             st.violations.push(format!("request of {} entries, {bytes} bytes", records.len()));
         }
+        for d in &datas {
+            if let Some(n) = aggregate_records(d) {
+                st.aggregates += 1;
+                st.aggregated_records += n;
+            }
+        }
         let mut seen = HashSet::new();
         for (i, k) in keys.iter().enumerate() {
-            if !seen.insert(k.clone()) {
-                st.violations.push(format!("key {k} twice in one request"));
-            }
-            if st.in_flight.contains(k) {
-                st.violations.push(format!("key {k} sent while in flight"));
+            for c in &carried[i] {
+                if !seen.insert(c.clone()) {
+                    st.violations.push(format!("key {c} in two entries of one request"));
+                }
+                if st.in_flight.contains(c) {
+                    st.violations.push(format!("key {c} sent while in flight"));
+                }
             }
             // A key on a streak fails again (up to 3 times); others fail at `rate`.
             let streak = st.streak.get(k).copied().unwrap_or(0);
@@ -242,8 +260,9 @@ async fn put_records(
                 st.streak.remove(k);
             }
         }
-        st.in_flight.extend(keys.iter().cloned());
+        st.in_flight.extend(carried.iter().flatten().cloned());
     }
+    let keys: Vec<String> = carried.into_iter().flatten().collect();
     let kept: Vec<Value> = records.iter().zip(&fail).filter(|(_, f)| !**f).map(|(r, _)| r.clone()).collect();
     let mut results: Vec<Value> = Vec::new();
     let mut upstream_failed = 0;
@@ -270,4 +289,59 @@ async fn put_records(
     stats.lock().unwrap().in_flight.retain(|k| !keys.contains(k));
     let answer = json!({"FailedRecordCount": failed, "Records": merged});
     ("HTTP/1.1 200 OK".into(), serde_json::to_vec(&answer).unwrap())
+}
+
+/// The length-delimited protobuf fields of `body` (field number, bytes; varints skipped);
+/// None when it is not well-formed protobuf.
+fn fields(mut body: &[u8]) -> Option<Vec<(u64, &[u8])>> {
+    fn varint(b: &mut &[u8]) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = b.split_first()?;
+            *b = rest;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    let mut out = Vec::new();
+    while !body.is_empty() {
+        let tag = varint(&mut body)?;
+        match tag & 7 {
+            0 => {
+                varint(&mut body)?;
+            }
+            2 => {
+                let n = usize::try_from(varint(&mut body)?).ok()?;
+                let (field, rest) = (body.get(..n)?, body.get(n..)?);
+                out.push((tag >> 3, field));
+                body = rest;
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// The protobuf body of a KPL aggregate (magic, protobuf, MD5 of it), checked; None for a
+/// plain record.
+fn aggregate_body(data: &[u8]) -> Option<&[u8]> {
+    use md5::Digest;
+    let body = data.strip_prefix(&[0xF3, 0x89, 0x9A, 0xC2])?.get(..data.len().checked_sub(20)?)?;
+    assert_eq!(md5::Md5::digest(body)[..], data[data.len() - 16..], "an aggregate whose MD5 is wrong");
+    Some(body)
+}
+
+/// The partition key table of a KPL aggregate.
+fn aggregate_keys(data: &[u8]) -> Option<Vec<String>> {
+    let f = fields(aggregate_body(data)?).expect("an aggregate that is not protobuf");
+    Some(f.iter().filter(|f| f.0 == 1).map(|f| String::from_utf8(f.1.to_vec()).unwrap()).collect())
+}
+
+/// How many records a KPL aggregate holds.
+fn aggregate_records(data: &[u8]) -> Option<usize> {
+    let f = fields(aggregate_body(data)?).expect("an aggregate that is not protobuf");
+    Some(f.iter().filter(|f| f.0 == 3).count())
 }

@@ -10,6 +10,10 @@ mod kafka;
 mod kinesis;
 #[cfg(feature = "kinesis")]
 mod kinesis_proxy;
+#[cfg(feature = "kinesis")]
+mod kinesis_streams;
+#[cfg(feature = "kinesis")]
+mod kinesis_support;
 mod mysql_e2e;
 mod mysql_faults;
 mod mysql_restarts;

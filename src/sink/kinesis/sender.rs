@@ -123,6 +123,7 @@ impl Sender {
                 biased;
                 Some((stream, units, result, throttled)) = inflight.next() => {
                     let lane = lanes.entry(stream.name.clone()).or_default();
+                    let mut slow = throttled;
                     match result {
                         Ok(codes) => {
                             for (unit, code) in units.into_iter().zip(codes) {
@@ -153,6 +154,8 @@ impl Sender {
                             }
                         }
                         Err(err) if err.is_transient() => {
+                            // An endpoint that fails whole requests is also asked less often.
+                            slow = true;
                             tracing::warn!(error = %crate::error::report(&err), "PutRecords failed: retrying its records");
                             for unit in units {
                                 for e in &unit.entries {
@@ -168,7 +171,7 @@ impl Sender {
                             }
                         }
                     }
-                    if throttled { lane.throttled() } else { lane.clean() }
+                    if slow { lane.throttled() } else { lane.clean() }
                     complete(&mut jobs);
                 }
                 // A retry or a paced stream waits here (a time already past wakes at once).
