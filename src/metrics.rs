@@ -25,6 +25,12 @@ impl Counter {
 
 /// Records produced by the pipeline (events plus tombstones).
 pub static EVENTS: Counter = Counter(AtomicU64::new(0), "cdc_records_total", "Records encoded for the sink");
+/// Records the sink reported durable.
+pub static RECORDS_DELIVERED: Counter =
+    Counter(AtomicU64::new(0), "cdc_records_delivered_total", "Records the sink made durable");
+/// Requests the sink sent (Kinesis PutRecords, retries included).
+pub static SINK_REQUESTS: Counter =
+    Counter(AtomicU64::new(0), "cdc_sink_requests_total", "Requests the sink sent (Kinesis PutRecords)");
 /// Batches the sink reported durable.
 pub static BATCHES_DELIVERED: Counter =
     Counter(AtomicU64::new(0), "cdc_batches_delivered_total", "Batches the sink made durable");
@@ -41,7 +47,7 @@ pub static UP: AtomicI64 = AtomicI64::new(0);
 
 fn render() -> String {
     let mut out = String::new();
-    for c in [&EVENTS, &BATCHES_DELIVERED, &OFFSET_COMMITS, &RESTARTS] {
+    for c in [&EVENTS, &RECORDS_DELIVERED, &BATCHES_DELIVERED, &SINK_REQUESTS, &OFFSET_COMMITS, &RESTARTS] {
         out.push_str(&format!("# HELP {} {}\n# TYPE {} counter\n{} {}\n", c.1, c.2, c.1, c.1, c.get()));
     }
     let ts = LAST_SOURCE_TS_MS.load(Ordering::Relaxed);

@@ -288,8 +288,15 @@ async fn send<K: Sink>(st: &mut State, sink: &mut K, inflight: &mut InFlight, le
         }
         return Ok(());
     }
+    let n = records.len() as u64;
     let delivery = sink.send(Batch { records }).await?;
-    inflight.push_back(Box::pin(async move { (delivery.await, commit) }));
+    inflight.push_back(Box::pin(async move {
+        let result = delivery.await;
+        if result.is_ok() {
+            metrics::RECORDS_DELIVERED.add(n);
+        }
+        (result, commit)
+    }));
     Ok(())
 }
 

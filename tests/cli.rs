@@ -162,44 +162,53 @@ fn docker_compose_cdc_command_and_config_are_accepted() {
     {
         assert!(mysql_args.contains(&setting), "MySQL lacks {setting}");
     }
-    let cdc = &services["cdc"];
-    // Map the container paths of the bind mounts back to the repository.
-    let mounts: Vec<(String, String)> = cdc["volumes"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(|v| {
-            let parts: Vec<&str> = v.as_str()?.split(':').collect();
-            parts[0].starts_with("./").then(|| (parts[1].to_owned(), format!("{root}/{}", &parts[0][2..])))
-        })
-        .collect();
-    let mut args: Vec<String> =
-        cdc["command"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
-    assert_eq!(args[0], "run");
-    args[0] = "check".into(); // same flags; check stops after connecting
-    for a in args.iter_mut() {
-        if let Some((_, host)) = mounts.iter().find(|(c, _)| c == a) {
-            *a = host.clone();
+    // The Kafka demo, and the Kinesis one of profile `kinesis`.
+    for name in ["cdc", "cdc-kinesis"] {
+        let cdc = &services[name];
+        // Map the container paths of the bind mounts back to the repository.
+        let mounts: Vec<(String, String)> = cdc["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|v| {
+                let parts: Vec<&str> = v.as_str()?.split(':').collect();
+                parts[0]
+                    .starts_with("./")
+                    .then(|| (parts[1].to_owned(), format!("{root}/{}", &parts[0][2..])))
+            })
+            .collect();
+        let mut args: Vec<String> =
+            cdc["command"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+        assert_eq!(args[0], "run");
+        args[0] = "check".into(); // same flags; check stops after connecting
+        for a in args.iter_mut() {
+            if let Some((_, host)) = mounts.iter().find(|(c, _)| c == a) {
+                *a = host.clone();
+            }
+        }
+        let state = tempfile::tempdir().unwrap();
+        args.extend(["--state-dir".into(), state.path().to_str().unwrap().into()]);
+        let env: Vec<(String, String)> = cdc["environment"]
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.as_str().unwrap().to_owned(), v.as_str().unwrap().to_owned()))
+            .collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out, err) = run(&args, &env);
+        // The configuration was accepted and only the host `mysql` is unreachable here: check
+        // prints its FAIL line for the connection (exit 78), not a configuration error.
+        assert_eq!(code, 78, "compose's {name} command was not accepted:\n{out}\n{err}");
+        assert!(
+            out.lines().any(|l| l.starts_with("FAIL") && l.contains("connect") && l.contains("@mysql:3306")),
+            "{out}\n{err}"
+        );
+        if name == "cdc-kinesis" {
+            // ... and so is its Kinesis endpoint: the stream from the connector file, tried.
+            assert!(out.lines().any(|l| l.starts_with("FAIL") && l.contains("shop-changes")), "{out}\n{err}");
         }
     }
-    let state = tempfile::tempdir().unwrap();
-    args.extend(["--state-dir".into(), state.path().to_str().unwrap().into()]);
-    let env: Vec<(String, String)> = cdc["environment"]
-        .as_mapping()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.as_str().unwrap().to_owned(), v.as_str().unwrap().to_owned()))
-        .collect();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, out, err) = run(&args, &env);
-    // The configuration was accepted and only the host `mysql` is unreachable here: check
-    // prints its FAIL line for the connection (exit 78), not a configuration error.
-    assert_eq!(code, 78, "compose's cdc command was not accepted:\n{out}\n{err}");
-    assert!(
-        out.lines().any(|l| l.starts_with("FAIL") && l.contains("connect") && l.contains("@mysql:3306")),
-        "{out}\n{err}"
-    );
 }
 
 #[tokio::test]

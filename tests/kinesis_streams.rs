@@ -287,7 +287,7 @@ async fn a_stream_still_creating_is_waited_for_and_one_that_stays_so_is_69() {
     };
     proxy.stats.lock().unwrap().creating_until = Some(Instant::now() + Duration::from_secs(4));
     let (code, out, took) = check(args.clone()).await;
-    assert!(code == 0 && out.contains("ACTIVE"), "{code}: {out}");
+    assert!(code == 0 && out.contains("ACTIVE: 1 open shards, records up to 1048576 bytes"), "{code}: {out}");
     assert!(took >= Duration::from_secs(3), "waited for ACTIVE: {took:?}");
     // `cdc check` says so in its sink line (check exits 0, 77 or 78 only: 78)...
     proxy.stats.lock().unwrap().creating_until = Some(Instant::now() + Duration::from_secs(3600));

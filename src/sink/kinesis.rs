@@ -121,6 +121,8 @@ pub struct StreamInfo {
     pub name: String,
     /// Largest record (data plus partition key).
     pub record_limit: usize,
+    /// Open shards, as DescribeStreamSummary said.
+    pub open_shards: i32,
     /// Its open shards (read with aggregation only; empty otherwise).
     pub shards: Arc<ShardMap>,
 }
@@ -128,7 +130,15 @@ pub struct StreamInfo {
 struct Started {
     client: Client,
     tx: mpsc::Sender<sender::Handoff>,
-    _task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Started {
+    /// A replaced sink (a restarted attempt) stops putting at once: its unacknowledged
+    /// records are read again from the stored position.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// The Kinesis sink; connects on its first `check` or `send`.
@@ -186,21 +196,25 @@ impl KinesisSink {
                      table's first change",
                     self.template
                 ),
-                Err(e) => format!(
+                // Refused ListStreams (not in every policy) is fine; no answer is not.
+                Err(e) if e.code().is_some() => format!(
                     "one stream per table from {}: each is described at its table's first change (ListStreams: {})",
                     self.template,
-                    e.code().unwrap_or("no answer")
+                    e.code().unwrap_or_default()
                 ),
+                Err(e) => {
+                    return Err(
+                        Error::unavailable("cannot reach Kinesis (ListStreams): no answer").with_source(e)
+                    );
+                }
             });
         }
         let name = self.template.clone();
         let s = self.stream(&name, None).await?;
-        let shards = if self.options.aggregate {
-            format!(", {} shards read for aggregation", s.shards.len())
-        } else {
-            String::new()
-        };
-        Ok(format!("stream {name} is ACTIVE: records up to {} bytes{shards}", s.record_limit))
+        Ok(format!(
+            "stream {name} is ACTIVE: {} open shards, records up to {} bytes",
+            s.open_shards, s.record_limit
+        ))
     }
 
     async fn start(&mut self) -> Result<&Started> {
@@ -231,7 +245,7 @@ impl KinesisSink {
         let client = Client::from_conf(b.build());
         let (tx, rx) = mpsc::channel(IN_FLIGHT);
         let sender = sender::Sender { client: client.clone(), aggregate: self.options.aggregate };
-        Ok(Started { client, tx, _task: tokio::spawn(sender.run(rx)) })
+        Ok(Started { client, tx, task: tokio::spawn(sender.run(rx)) })
     }
 
     /// The stream `name`, described (and its shards read, with aggregation) when first used;
@@ -245,7 +259,7 @@ impl KinesisSink {
             Some(t) => format!("{name} (the stream of table {})", t.qualified()),
             None => name.to_owned(),
         };
-        let limit = wait_active(&client, name, &label).await?;
+        let (limit, open_shards) = wait_active(&client, name, &label).await?;
         let shards = if self.options.aggregate {
             list_shards(&client, name, &label).await?
         } else {
@@ -254,6 +268,7 @@ impl KinesisSink {
         let info = Arc::new(StreamInfo {
             name: name.to_owned(),
             record_limit: self.options.max_record.unwrap_or(limit),
+            open_shards,
             shards: Arc::new(shards),
         });
         tracing::info!(stream = name, record_limit = info.record_limit, "Kinesis stream is ACTIVE");
@@ -321,9 +336,9 @@ pub fn stream_name(template: &str, db: &str, table: &Table) -> String {
     clean
 }
 
-/// DescribeStreamSummary until ACTIVE, giving the record limit: missing → 78, refused → 77,
+/// DescribeStreamSummary until ACTIVE, giving the record limit and open shards: missing → 78, refused → 77,
 /// never ACTIVE → 69.
-async fn wait_active(client: &Client, stream: &str, label: &str) -> Result<usize> {
+async fn wait_active(client: &Client, stream: &str, label: &str) -> Result<(usize, i32)> {
     let deadline = Instant::now() + ACTIVE_WAIT;
     loop {
         let out = client.describe_stream_summary().stream_name(stream).send().await;
@@ -335,7 +350,8 @@ async fn wait_active(client: &Client, stream: &str, label: &str) -> Result<usize
         };
         let status = summary.stream_status().as_str().to_owned();
         if status == "ACTIVE" || status == "UPDATING" {
-            return Ok(summary.max_record_size_in_kib().unwrap_or(1024).max(1) as usize * 1024);
+            let kib = summary.max_record_size_in_kib().unwrap_or(1024).max(1) as usize;
+            return Ok((kib * 1024, summary.open_shard_count()));
         }
         if Instant::now() >= deadline {
             return Err(Error::unavailable(format!(

@@ -127,15 +127,23 @@ impl Sender {
                     match result {
                         Ok(codes) => {
                             for (unit, code) in units.into_iter().zip(codes) {
-                                for e in &unit.entries {
-                                    busy.remove(&e.key);
+                                // A refused record's key stays blocked: nothing later of it goes out.
+                                if !code.as_ref().is_err_and(|c| is_permanent(c)) {
+                                    for e in &unit.entries {
+                                        busy.remove(&e.key);
+                                    }
                                 }
                                 match code {
-                                    Ok(shard) => {
-                                        if unit.shard.as_ref().is_some_and(|(want, _)| *want != shard) {
-                                            tracing::info!(stream = %stream.name, "an aggregate landed on shard {shard}, not the one expected: the shards changed, reading them again");
-                                            lane.stale = true;
-                                        }
+                                    // An aggregate on another shard than its members' (the stream
+                                    // was resharded): a KCL consumer would drop it whole, so it is
+                                    // sent again once the shards are read again (a duplicate for
+                                    // consumers that keep it).
+                                    Ok(shard) if unit.entries.len() > 1 && unit.shard.as_ref().is_some_and(|(want, _)| *want != shard) => {
+                                        tracing::info!(stream = %stream.name, "an aggregate landed on shard {shard}, not the one expected: the shards changed, reading them again and resending it");
+                                        lane.stale = true;
+                                        requeue(&mut queue, unit.entries);
+                                    }
+                                    Ok(_) => {
                                         for e in unit.entries {
                                             finish(&mut jobs, e.job);
                                         }
@@ -250,7 +258,12 @@ impl Sender {
             let limit = s.record_limit.min(AGGREGATE_BYTES);
             let shard =
                 shards.as_ref().map_or(0, |m| m.shard(aggregate::placement(&e.key, e.hash.as_deref())));
-            let fits = |u: &Unit| u.shard.is_some() && aggregate::frame_bound(u.bytes + size) <= limit;
+            // An aggregate's record: frame, members and its outer partition key (the first's).
+            let fits = |u: &Unit| {
+                u.shard.is_some()
+                    && aggregate::frame_bound(u.bytes + size) + u.entries.first().map_or(0, |f| f.key.len())
+                        <= limit
+            };
             // The unit this record joins: its key's if still open, else the shard's open one.
             let joins = match (key_unit.get(&e.key), open.get(&shard)) {
                 (Some(&u), Some(&o)) if u == o && fits(&units[u]) => Some(u),
@@ -274,13 +287,18 @@ impl Sender {
                 break; // 500 units
             };
             // One record alone may fill a request (up to its record limit, 10 MiB at most).
-            if bytes > 0 && bytes + size > MAX_REQUEST_BYTES {
+            // A unit's second record makes it an aggregate: its frame and outer key count too.
+            let grows = match units[u].entries.as_slice() {
+                [first] => size + aggregate::frame_bound(0) + first.key.len(),
+                _ => size,
+            };
+            if bytes > 0 && bytes + grows > MAX_REQUEST_BYTES {
                 if units[u].entries.is_empty() {
                     units.pop();
                 }
                 break;
             }
-            bytes += size;
+            bytes += grows;
             key_unit.insert(e.key.clone(), u);
             units[u].bytes += size;
             units[u].entries.push(queue.remove(i).expect("index in range"));
@@ -323,6 +341,7 @@ async fn put(client: Client, stream: Arc<StreamInfo>, units: Vec<Unit>) -> Outco
             }
         }
     }
+    crate::metrics::SINK_REQUESTS.inc();
     let sent = client.put_records().stream_name(&stream.name).set_records(Some(records)).send().await;
     let throttled = match &sent {
         Ok(out) => out.records().iter().any(|r| r.error_code().is_some_and(is_throttling)),
