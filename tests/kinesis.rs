@@ -27,15 +27,7 @@ async fn changes_arrive_with_their_partition_keys_in_commit_order_per_key() {
     let db = unique("kin");
     let name = unique("cdc-kin");
     let long = "k".repeat(280);
-    database(
-        &db,
-        &[
-            "CREATE TABLE a (id INT PRIMARY KEY, v INT)",
-            "CREATE TABLE b (tenant VARCHAR(8), id INT, v INT, PRIMARY KEY (tenant, id))",
-            "CREATE TABLE c (k VARCHAR(300) PRIMARY KEY, v INT)",
-        ],
-    )
-    .await;
+    database(&db, &MIXED_TABLES).await;
     let kc = stream(&name, 3).await;
     let dir = workdir("kin");
     let args = kinesis_args(&name);

@@ -153,15 +153,7 @@ fn per_key(recs: impl IntoIterator<Item = (String, Value)>) -> HashMap<String, V
 async fn aggregated_records_deaggregate_to_exactly_the_plain_run_through_partial_failures() {
     let _s = SERVER.read().await;
     let db = unique("kinagg");
-    database(
-        &db,
-        &[
-            "CREATE TABLE a (id INT PRIMARY KEY, v INT)",
-            "CREATE TABLE b (tenant VARCHAR(8), id INT, v INT, PRIMARY KEY (tenant, id))",
-            "CREATE TABLE c (k VARCHAR(300) PRIMARY KEY, v INT)",
-        ],
-    )
-    .await;
+    database(&db, &MIXED_TABLES).await;
     let (plain, agg) = (unique("cdc-plain"), unique("cdc-agg"));
     let kc = stream(&plain, 3).await;
     stream(&agg, 3).await;

@@ -8,6 +8,14 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(60);
 
+/// The mixed workload's tables: a plain key, a composite key, and a key long enough to force
+/// the SHA-256 partition key.
+pub const MIXED_TABLES: [&str; 3] = [
+    "CREATE TABLE a (id INT PRIMARY KEY, v INT)",
+    "CREATE TABLE b (tenant VARCHAR(8), id INT, v INT, PRIMARY KEY (tenant, id))",
+    "CREATE TABLE c (k VARCHAR(300) PRIMARY KEY, v INT)",
+];
+
 /// The emulator's endpoint.
 pub fn endpoint() -> String {
     std::env::var("CDC_TEST_KINESIS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4568".into())

@@ -145,6 +145,8 @@ impl Drop for Started {
 pub struct KinesisSink {
     /// `--kinesis-stream`, perhaps with `{db}`, `{schema}`, `{table}`.
     template: String,
+    /// The template names a stream per table.
+    per_table: bool,
     /// The source's database (Postgres; `{db}` of MySQL is the table's database).
     database: Option<String>,
     endpoint: Option<String>,
@@ -170,6 +172,7 @@ impl KinesisSink {
         let database = (config.source == SourceKind::Postgres)
             .then(|| config.source_url.expose().path().trim_start_matches('/').to_owned());
         Ok(KinesisSink {
+            per_table: template.contains('{'),
             template,
             database,
             endpoint: config.kinesis_endpoint.clone(),
@@ -180,14 +183,10 @@ impl KinesisSink {
         })
     }
 
-    fn per_table(&self) -> bool {
-        self.template.contains('{')
-    }
-
     /// Reaches the stream: its status, shard count and record limit (with one stream per
     /// table, the credentials only; each table's stream is described at its first change).
     pub async fn check(&mut self) -> Result<String> {
-        if self.per_table() {
+        if self.per_table {
             let client = self.start().await?.client.clone();
             let n = client.list_streams().send().await.map(|o| o.stream_names().len());
             return Ok(match n {
@@ -278,7 +277,10 @@ impl KinesisSink {
 
     /// The stream of `table`'s changes.
     async fn stream_of(&mut self, table: &Table) -> Result<Arc<StreamInfo>> {
-        if !self.per_table() {
+        if !self.per_table {
+            if let Some(s) = self.streams.get(&self.template) {
+                return Ok(s.clone()); // every change after the first: no allocation
+            }
             let name = self.template.clone();
             return self.stream(&name, None).await;
         }

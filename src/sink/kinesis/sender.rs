@@ -226,6 +226,8 @@ impl Sender {
     ) -> Take {
         let now = Instant::now();
         let (mut stream, mut wake) = (None::<Arc<StreamInfo>>, None::<Instant>);
+        // The chosen stream's shards (with aggregation) and record limit for an aggregate.
+        let (mut shards, mut limit) = (None::<Arc<ShardMap>>, 0usize);
         let mut blocked: HashSet<String> = HashSet::new();
         // Per key its unit; per shard its open unit.
         let (mut key_unit, mut open) = (HashMap::<String, usize>::new(), HashMap::<usize, usize>::new());
@@ -249,13 +251,15 @@ impl Sender {
                 i += 1;
                 continue;
             }
-            let s = stream.get_or_insert_with(|| e.stream.clone()).clone();
-            let shards = self.aggregate.then(|| {
-                let lane = lanes.entry(s.name.clone()).or_default();
-                lane.shards.get_or_insert_with(|| s.shards.clone()).clone()
-            });
+            if stream.is_none() {
+                if self.aggregate {
+                    let lane = lanes.entry(e.stream.name.clone()).or_default();
+                    shards = Some(lane.shards.get_or_insert_with(|| e.stream.shards.clone()).clone());
+                }
+                limit = e.stream.record_limit.min(AGGREGATE_BYTES);
+                stream = Some(e.stream.clone());
+            }
             let size = aggregate::record_bound(&e.key, e.hash.as_deref(), e.data.len());
-            let limit = s.record_limit.min(AGGREGATE_BYTES);
             let shard =
                 shards.as_ref().map_or(0, |m| m.shard(aggregate::placement(&e.key, e.hash.as_deref())));
             // An aggregate's record: frame, members and its outer partition key (the first's).
