@@ -70,7 +70,7 @@ pub struct ReplayFrom {
 
 /// How far an initial snapshot got: the tables fully read and the last key read of the
 /// current table. `chunks` counts finished chunks and orders progress.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotProgress {
     /// Finished chunks since the snapshot began.
@@ -83,6 +83,10 @@ pub struct SnapshotProgress {
     /// Last key read in `table`, as a JSON array of the key columns in key order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_key: Option<String>,
+    /// Rows read of `table` when it has no key to continue after (it is read again from
+    /// its start after a crash): how far it got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
 }
 
 /// A Postgres position: the commit LSN of a transaction and the LSN to resume from.
@@ -251,7 +255,7 @@ mod tests {
     #[test]
     fn finished_snapshot_follows_progress_at_same_coordinates() {
         let mut during = BinlogPosition::new("binlog.000001", 10);
-        during.snapshot = Some(SnapshotProgress { chunks: 3, done: vec![], table: None, last_key: None });
+        during.snapshot = Some(SnapshotProgress { chunks: 3, ..Default::default() });
         let later = BinlogPosition { snapshot: None, ..during.clone() };
         assert!(Position::Mysql(during) < Position::Mysql(later));
     }

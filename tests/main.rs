@@ -18,6 +18,7 @@ mod mysql_e2e;
 mod mysql_faults;
 mod mysql_restarts;
 mod mysql_shapes;
+mod mysql_snapshot_keys;
 mod mysql_tls;
 mod mysql_types;
 mod pg_auth;

@@ -123,13 +123,13 @@ async fn database_restarts_flushes_and_crashes_lose_nothing_and_keep_files_right
 }
 
 /// A MariaDB of its own, in its own test-bed directory: (url, env for the testbed script).
-struct Server {
+pub struct Server {
     env: Vec<(String, String)>,
-    url: String,
+    pub url: String,
 }
 
 impl Server {
-    fn start(tag: &str, port: u16, server_id: u32) -> Server {
+    pub fn start(tag: &str, port: u16, server_id: u32) -> Server {
         let dir = std::env::temp_dir().join(unique(tag));
         let env = vec![
             ("CDC_TESTBED_DIR".to_owned(), dir.to_str().unwrap().to_owned()),
@@ -145,11 +145,11 @@ impl Server {
         self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
     }
 
-    async fn conn(&self) -> mysql_async::Conn {
+    pub async fn conn(&self) -> mysql_async::Conn {
         mysql_async::Conn::new(mysql_async::Opts::from_url(&self.url).unwrap()).await.unwrap()
     }
 
-    async fn sql(&self, statements: &[&str]) {
+    pub async fn sql(&self, statements: &[&str]) {
         let mut c = self.conn().await;
         for s in statements {
             c.query_drop(*s).await.unwrap_or_else(|e| panic!("{s}: {e}"));

@@ -3,6 +3,7 @@
 //! backpressure). MySQL keeps binlogs regardless of readers, so `ack` has nothing to release.
 
 mod binlog;
+mod chunk;
 mod compressed;
 pub mod decode;
 mod gtid;
@@ -244,12 +245,12 @@ fn at(file: String, pos: u64, gtid: Option<String>, server: &resume::Server) -> 
     BinlogPosition { gtid, gtid_set, server: Some(server.identity.clone()), ..BinlogPosition::new(file, pos) }
 }
 
-/// The captured base tables, `(db, table)` sorted. Lists names only (no statistics, which
+/// The captured base tables (system-versioned ones included), `(db, table)` sorted. Lists names only (no statistics, which
 /// would open every table on the server) and filters locally.
 pub async fn captured_tables(conn: &mut mysql_async::Conn, filter: &Filter) -> Result<Vec<(String, String)>> {
     use mysql_async::prelude::Queryable;
     let all: Vec<(String, String)> = conn
-        .query("SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' ORDER BY 1, 2")
+        .query("SELECT table_schema, table_name FROM information_schema.tables WHERE table_type IN ('BASE TABLE', 'SYSTEM VERSIONED') ORDER BY 1, 2")
         .await
         .map_err(|e| classify(e, conn.opts(), "list tables"))?;
     Ok(all.into_iter().filter(|(d, t)| filter.captures(d, t)).collect())

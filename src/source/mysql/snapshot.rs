@@ -11,6 +11,7 @@
 //! so no change is missed; rows of the remaining chunks may be followed by older streamed
 //! versions of themselves until the stream catches up (the last event per key is right).
 
+use super::chunk::{self, CHUNK_ROWS, Order, Shape};
 use super::decode::{datetime, text, time};
 use super::{Filter, classify, gtid_at};
 use crate::encode::now_ms;
@@ -20,14 +21,21 @@ use crate::position::{BinlogPosition, Position, SnapshotProgress};
 use crate::source::SourceMessage;
 use mysql_async::consts::{ColumnFlags, ColumnType};
 use mysql_async::prelude::Queryable;
-use mysql_async::{Column, Row, Value as MyValue};
+use mysql_async::{Column, Value as MyValue};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Rows per chunk: one indexed range query; progress is stored after each.
-pub const CHUNK_ROWS: usize = 10_000;
-/// Snapshot rows sent to the pipeline per channel message.
+/// Snapshot rows sent to the pipeline per channel message at most.
 pub const SEND_ROWS: usize = 256;
+/// Row bytes per channel message at most: with the channel's bound, what large rows can
+/// hold in memory between the reader and the pipeline.
+const SEND_BYTES: usize = 256 << 10;
+/// Seconds one attempt to lock the captured tables (MySQL) may wait.
+const LOCK_WAIT_SECS: u32 = 2;
+/// Attempts to lock before the snapshot gives up (and the run is retried).
+const LOCK_TRIES: u32 = 30;
+/// Pause between two attempts, so queued writes drain.
+const LOCK_PAUSE: Duration = Duration::from_secs(1);
 /// How often progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -42,25 +50,66 @@ struct Emitter<'a> {
     held: Option<ChangeEvent>,
     held_commit: Option<Position>,
     out: Vec<SourceMessage>,
+    out_bytes: usize,
     ts_ms: i64,
     rows: u64,
+    began: Instant,
+    last_log: Instant,
+    total: u64,
 }
 
 impl Emitter<'_> {
     /// Queues the held row (not the last) and its chunk's progress, then holds `ev`. False
     /// when the pipeline is gone.
-    async fn row(&mut self, ev: ChangeEvent) -> bool {
+    async fn row(&mut self, ev: ChangeEvent, bytes: usize) -> bool {
         self.rows += 1;
+        self.out_bytes += bytes;
         if let Some(prev) = self.held.replace(ev) {
             self.out.push(SourceMessage::Change(prev));
         }
         if let Some(c) = self.held_commit.take() {
             self.out.push(SourceMessage::Commit(c));
         }
-        self.out.len() < SEND_ROWS || self.flush().await
+        (self.out.len() < SEND_ROWS && self.out_bytes < SEND_BYTES) || self.flush().await
+    }
+
+    /// A snapshot row of `table`.
+    fn event(&self, table: &Arc<Table>, after: Vec<Value>) -> ChangeEvent {
+        ChangeEvent {
+            table: table.clone(),
+            op: Op::Read,
+            before: None,
+            after: Some(after),
+            ts_ms: self.ts_ms,
+            snapshot: Snapshot::Yes,
+            source: Source::Mysql {
+                server_id: 0,
+                gtid: self.start.gtid.as_deref().map(Into::into),
+                file: self.start.file.as_str().into(),
+                pos: self.start.pos,
+                row: 0,
+                thread: None,
+            },
+            transaction: None,
+        }
+    }
+
+    fn log_progress(&mut self, table: &str) {
+        if self.last_log.elapsed() >= PROGRESS_EVERY {
+            self.last_log = Instant::now();
+            let rate = self.rows as f64 / self.began.elapsed().as_secs_f64();
+            tracing::info!(
+                rows = self.rows,
+                estimated_total = self.total,
+                rows_per_sec = rate as u64,
+                table,
+                "snapshot progress"
+            );
+        }
     }
 
     async fn flush(&mut self) -> bool {
+        self.out_bytes = 0;
         let batch = std::mem::replace(&mut self.out, Vec::with_capacity(SEND_ROWS + 2));
         batch.is_empty() || self.tx.send(Ok(batch)).await.is_ok()
     }
@@ -98,21 +147,23 @@ pub async fn run(
     for sql in [
         "SET SESSION time_zone = '+00:00'",
         "SET NAMES utf8mb4",
+        // Rows are streamed as fast as the sink takes them: a sink that stalls must not
+        // make the server give up on the result.
+        "SET SESSION net_write_timeout = 3600",
         "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
     ] {
         conn.query_drop(sql).await.map_err(|e| classify(e, conn.opts(), "prepare the snapshot session"))?;
     }
-    let here = consistent_start(&mut conn).await?;
+    let tables = super::captured_tables(&mut conn, filter).await?;
+    let here = consistent_start(&mut conn, &tables).await?;
     let start = resumed.clone().unwrap_or_else(|| here.clone());
-    let progress = resumed.and_then(|r| r.snapshot).unwrap_or(SnapshotProgress {
-        chunks: 0,
-        done: vec![],
-        table: None,
-        last_key: None,
-    });
-    let tables = captured_tables(&mut conn, filter).await?;
-    let total: u64 = tables.iter().map(|t| t.2).sum();
-    tracing::info!(tables = tables.len(), estimated_rows = total, position = %Position::Mysql(start.clone()), resumed_chunks = progress.chunks, "snapshot started");
+    let progress = resumed.and_then(|r| r.snapshot).unwrap_or_default();
+    let mut shapes = Vec::with_capacity(tables.len());
+    for (db, table) in &tables {
+        shapes.push(chunk::shape(&mut conn, db, table).await?);
+    }
+    let total: u64 = shapes.iter().map(|s| s.estimated_rows).sum();
+    tracing::info!(tables = shapes.len(), estimated_rows = total, position = %Position::Mysql(start.clone()), resumed_chunks = progress.chunks, "snapshot started");
     let mut em = Emitter {
         tx,
         start,
@@ -120,180 +171,185 @@ pub async fn run(
         held: None,
         held_commit: None,
         out: Vec::with_capacity(SEND_ROWS + 2),
+        out_bytes: 0,
         ts_ms: now_ms(),
         rows: 0,
+        began: Instant::now(),
+        last_log: Instant::now(),
+        total,
     };
-    let began = Instant::now();
-    let mut last_log = Instant::now();
-    for (db, name, _) in tables {
-        let qualified = format!("{db}.{name}");
-        if em.progress.done.contains(&qualified) {
-            continue;
-        }
-        let key = primary_key(&mut conn, &db, &name).await?;
-        let mut after: Option<Vec<String>> = match em.progress.table.as_deref() == Some(qualified.as_str()) {
-            true => em.progress.last_key.as_deref().and_then(|k| serde_json::from_str(k).ok()),
-            false => None,
-        };
-        let mut table: Option<Arc<Table>> = None;
-        loop {
-            let sql = chunk_sql(&db, &name, &key, after.as_deref());
-            let rows: Vec<Row> = conn
-                .exec(sql, ())
-                .await
-                .map_err(|e| classify(e, conn.opts(), &format!("read {qualified}")))?;
-            let n = rows.len();
-            for row in rows {
-                let columns = row.columns();
-                let t = table.get_or_insert_with(|| Arc::new(table_of(&db, &name, &columns, &key)));
-                let values: Vec<MyValue> = row.unwrap();
-                if !key.is_empty() {
-                    after = Some(t.key.iter().map(|&i| values[i].as_sql(false)).collect());
-                }
-                let after_row = columns
-                    .iter()
-                    .zip(values)
-                    .map(|(c, v)| map_value(c, v))
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(|why| {
-                        Error::new(
-                            crate::error::Kind::Encode,
-                            format!("cannot read a row of {qualified}: {why}"),
-                        )
-                    })?;
-                let ev = ChangeEvent {
-                    table: t.clone(),
-                    op: Op::Read,
-                    before: None,
-                    after: Some(after_row),
-                    ts_ms: em.ts_ms,
-                    snapshot: Snapshot::Yes,
-                    source: Source::Mysql {
-                        server_id: 0,
-                        gtid: em.start.gtid.as_deref().map(Into::into),
-                        file: em.start.file.as_str().into(),
-                        pos: em.start.pos,
-                        row: 0,
-                        thread: None,
-                    },
-                    transaction: None,
-                };
-                if !em.row(ev).await {
-                    return Ok(None);
-                }
-            }
-            let finished = key.is_empty() || n < CHUNK_ROWS;
-            if finished {
-                em.progress.done.push(qualified.clone());
-                em.progress.table = None;
-                em.progress.last_key = None;
-            } else {
-                em.progress.table = Some(qualified.clone());
-                em.progress.last_key = after.as_ref().map(|k| serde_json::to_string(k).unwrap_or_default());
-            }
-            if !em.chunk_done().await {
-                return Ok(None);
-            }
-            if last_log.elapsed() >= PROGRESS_EVERY {
-                last_log = Instant::now();
-                let rate = em.rows as f64 / began.elapsed().as_secs_f64();
-                tracing::info!(rows = em.rows, estimated_total = total, rows_per_sec = rate as u64, table = %qualified, "snapshot progress");
-            }
-            if finished {
-                break;
-            }
+    for shape in &shapes {
+        if !em.progress.done.contains(&shape.qualified()) && !read_table(&mut conn, shape, &mut em).await? {
+            return Ok(None);
         }
     }
     let _ = conn.query_drop("COMMIT").await;
-    let rows = em.rows;
+    let (rows, secs) = (em.rows, em.began.elapsed().as_secs());
     let start = em.start.clone();
     if !em.finish().await {
         return Ok(None);
     }
-    tracing::info!(rows, secs = began.elapsed().as_secs(), "snapshot finished");
+    tracing::info!(rows, secs, "snapshot finished");
     Ok(Some(start))
 }
 
+/// Reads one table chunk by chunk (or in one streamed pass), from where `em.progress`
+/// says it stopped. False when the pipeline is gone.
+async fn read_table(conn: &mut mysql_async::Conn, shape: &Shape, em: &mut Emitter<'_>) -> Result<bool> {
+    let qualified = shape.qualified();
+    let keyed = shape.order != Order::Scan;
+    let mut after: Option<Vec<MyValue>> = None;
+    if em.progress.table.as_deref() == Some(qualified.as_str()) {
+        after = em.progress.last_key.as_deref().and_then(chunk::boundary_from_json);
+        if after.is_none() {
+            let rows = em.progress.rows.unwrap_or(0);
+            tracing::warn!(table = %qualified, rows, "the interrupted snapshot of this table cannot continue where it stopped (no unique key, or an older cdc's progress): reading it again from the start");
+        }
+    }
+    let table = Arc::new(Table {
+        schema: shape.db.clone(),
+        name: shape.table.clone(),
+        columns: shape.names(),
+        key: shape.primary.clone(),
+    });
+    let width = shape.cols.len();
+    loop {
+        let params = after.as_deref().map(|b| shape.params(b)).unwrap_or_default();
+        let sql = shape.sql(after.is_some());
+        let opts = conn.opts().clone();
+        let read_err = |e| classify(e, &opts, &format!("read {qualified}"));
+        let mut result = conn.exec_iter(sql, params).await.map_err(read_err)?;
+        let mut n = 0u64;
+        let mut last: Option<Vec<MyValue>> = None;
+        while let Some(row) = result.next().await.map_err(read_err)? {
+            n += 1;
+            if keyed {
+                last = Some(shape.boundary(&row));
+            }
+            let columns = row.columns();
+            let mut values: Vec<MyValue> = row.unwrap();
+            values.truncate(width);
+            let mut bytes = 0;
+            let mut after_row = Vec::with_capacity(width);
+            for (c, v) in columns.iter().zip(values) {
+                bytes += match &v {
+                    MyValue::Bytes(b) => b.len() + 8,
+                    _ => 16,
+                };
+                after_row.push(map_value(c, v).map_err(|why| {
+                    Error::new(crate::error::Kind::Encode, format!("cannot read a row of {qualified}: {why}"))
+                })?);
+            }
+            if !em.row(em.event(&table, after_row), bytes).await {
+                return Ok(false);
+            }
+            if !keyed && n.is_multiple_of(CHUNK_ROWS) {
+                // A scan cannot resume mid-table; its row count shows how far it got.
+                em.progress.table = Some(qualified.clone());
+                em.progress.rows = Some(n);
+                if !em.chunk_done().await {
+                    return Ok(false);
+                }
+            }
+        }
+        drop(result);
+        let finished = !keyed || n < shape.chunk_rows;
+        if finished {
+            em.progress.done.push(qualified.clone());
+            em.progress.table = None;
+            em.progress.last_key = None;
+        } else {
+            let boundary = last.take().expect("a full chunk has a last row");
+            em.progress.table = Some(qualified.clone());
+            em.progress.last_key = Some(chunk::boundary_json(&boundary));
+            after = Some(boundary);
+        }
+        em.progress.rows = None;
+        if !em.chunk_done().await {
+            return Ok(false);
+        }
+        em.log_progress(&qualified);
+        if finished {
+            return Ok(true);
+        }
+    }
+}
+
 /// Starts the consistent-read transaction and returns the binlog position it reflects.
-async fn consistent_start(conn: &mut mysql_async::Conn) -> Result<BinlogPosition> {
+/// MariaDB reports it with the transaction, lock-free. MySQL does not: the captured
+/// tables are locked for read (from another connection) while the transaction starts and
+/// the position is read, so no write to them falls between the two.
+async fn consistent_start(
+    conn: &mut mysql_async::Conn,
+    tables: &[(String, String)],
+) -> Result<BinlogPosition> {
     let opts = conn.opts().clone();
     let err = |e| classify(e, &opts, "start the snapshot transaction");
+    // Tests take the MySQL path on MariaDB with this.
+    let force_lock = std::env::var_os("CDC_TEST_SNAPSHOT_LOCK_TABLES").is_some();
     conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT").await.map_err(err)?;
     let status: Vec<(String, String)> =
         conn.query("SHOW STATUS LIKE 'binlog_snapshot_%'").await.map_err(err)?;
     let get = |n: &str| status.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
-    let (file, pos) = match (get("binlog_snapshot_file"), get("binlog_snapshot_position")) {
-        (Some(f), Some(p)) if !f.is_empty() => (f, p.parse().unwrap_or(4)),
+    match (get("binlog_snapshot_file"), get("binlog_snapshot_position")) {
+        (Some(file), Some(p)) if !file.is_empty() && !force_lock => {
+            let pos = p.parse().unwrap_or(4);
+            let gtid = gtid_at(conn, &file, pos).await;
+            let server = super::resume::server(conn).await?;
+            Ok(super::at(file, pos, gtid, &server))
+        }
         _ => {
-            // MySQL: hold a global read lock only while the transaction starts.
             conn.query_drop("ROLLBACK").await.map_err(err)?;
-            conn.query_drop("FLUSH TABLES WITH READ LOCK")
-                .await
-                .map_err(|e| classify(e, &opts, "lock tables for the snapshot (needs RELOAD)"))?;
+            let lock = lock_tables(&opts, tables).await?;
             conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT").await.map_err(err)?;
             // The executed GTID set comes with the coordinates, under the lock.
-            let p = super::current_position(&conn.opts().clone()).await;
-            conn.query_drop("UNLOCK TABLES").await.map_err(err)?;
-            return p;
+            let p = super::current_position(&opts).await;
+            let mut lock = lock;
+            lock.query_drop("UNLOCK TABLES")
+                .await
+                .map_err(|e| classify(e, &opts, "unlock the captured tables"))?;
+            let _ = lock.disconnect().await;
+            p
         }
-    };
-    let gtid = gtid_at(conn, &file, pos).await;
-    let server = super::resume::server(conn).await?;
-    Ok(super::at(file, pos, gtid, &server))
-}
-
-/// Captured tables with their estimated row counts (for progress), asked per schema.
-async fn captured_tables(
-    conn: &mut mysql_async::Conn,
-    filter: &Filter,
-) -> Result<Vec<(String, String, u64)>> {
-    let mut out = Vec::new();
-    for (db, table) in super::captured_tables(conn, filter).await? {
-        let rows: Option<Option<u64>> = conn
-            .exec_first(
-                "SELECT table_rows FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-                (&db, &table),
-            )
-            .await
-            .map_err(|e| classify(e, conn.opts(), "estimate table sizes"))?;
-        out.push((db, table, rows.flatten().unwrap_or(0)));
     }
-    Ok(out)
 }
 
-async fn primary_key(conn: &mut mysql_async::Conn, db: &str, table: &str) -> Result<Vec<String>> {
-    conn.exec(
-        "SELECT column_name FROM information_schema.key_column_usage WHERE table_schema = ? AND table_name = ? \
-         AND constraint_name = 'PRIMARY' ORDER BY ordinal_position",
-        (db, table),
-    )
-    .await
-    .map_err(|e| classify(e, conn.opts(), "read primary keys"))
+/// A connection holding `LOCK TABLES ... READ` on `tables`. Each attempt waits at most
+/// [`LOCK_WAIT_SECS`]: while a lock request waits, writes to those tables queue behind
+/// it, so a long transaction holding a write makes `cdc` step back and try again rather
+/// than stall the application.
+async fn lock_tables(opts: &mysql_async::Opts, tables: &[(String, String)]) -> Result<mysql_async::Conn> {
+    let doing =
+        "lock the captured tables for the snapshot (LOCK TABLES ... READ: needs the LOCK TABLES privilege)";
+    let mut lock = mysql_async::Conn::new(opts.clone()).await.map_err(|e| classify(e, opts, doing))?;
+    lock.query_drop(format!("SET SESSION lock_wait_timeout = {LOCK_WAIT_SECS}"))
+        .await
+        .map_err(|e| classify(e, opts, doing))?;
+    if tables.is_empty() {
+        return Ok(lock);
+    }
+    let list: Vec<String> = tables.iter().map(|(d, t)| format!("{}.{} READ", ident(d), ident(t))).collect();
+    let sql = format!("LOCK TABLES {}", list.join(", "));
+    for attempt in 1.. {
+        match lock.query_drop(&sql).await {
+            Ok(()) => break,
+            Err(mysql_async::Error::Server(s)) if s.code == 1205 && attempt < LOCK_TRIES => {
+                tracing::warn!(
+                    attempt,
+                    tries = LOCK_TRIES,
+                    wait_secs = LOCK_WAIT_SECS,
+                    "a transaction holds writes on a captured table: the snapshot lock stepped back so writes keep flowing, and tries again"
+                );
+                tokio::time::sleep(LOCK_PAUSE).await;
+            }
+            Err(e) => return Err(classify(e, opts, doing)),
+        }
+    }
+    Ok(lock)
 }
 
 fn ident(s: &str) -> String {
     format!("`{}`", s.replace('`', "``"))
-}
-
-/// `SELECT * ... WHERE (k1, k2) > (v1, v2) ORDER BY k1, k2 LIMIT n`; a keyless table is read
-/// in one pass.
-fn chunk_sql(db: &str, table: &str, key: &[String], after: Option<&[String]>) -> String {
-    let mut sql = format!("SELECT * FROM {}.{}", ident(db), ident(table));
-    if key.is_empty() {
-        return sql;
-    }
-    let cols = key.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ");
-    if let Some(after) = after {
-        sql.push_str(&format!(" WHERE ({cols}) > ({})", after.join(", ")));
-    }
-    sql.push_str(&format!(" ORDER BY {cols} LIMIT {CHUNK_ROWS}"));
-    sql
-}
-
-fn table_of(db: &str, name: &str, columns: &[Column], key: &[String]) -> Table {
-    let names: Vec<String> = columns.iter().map(|c| c.name_str().into_owned()).collect();
-    let key = key.iter().filter_map(|k| names.iter().position(|n| n == k)).collect();
-    Table { schema: db.into(), name: name.into(), columns: names, key }
 }
 
 /// Maps a binary-protocol value to the same JSON meaning the binlog decoder gives it.

@@ -109,8 +109,7 @@ pub async fn run(
         .await
         .map_err(|e| p.classify(e, "read the server version"))?
         .get(0);
-    let mut progress =
-        job.resumed.unwrap_or(SnapshotProgress { chunks: 0, done: vec![], table: None, last_key: None });
+    let mut progress = job.resumed.unwrap_or_default();
     let mut chunks = Vec::new();
     for (i, t) in tables.iter().enumerate() {
         let name = t.table.qualified();
