@@ -1,6 +1,7 @@
 //! Every MariaDB column type of the value table (CONTRACT §3), with edge values, read both
 //! by the snapshot (`op: r`) and from the binlog (`op: c/u/d`): both must give exactly the
-//! JSON written here.
+//! JSON written here. Text columns in charsets other than utf8mb4 show that the binlog's
+//! bytes decode to what the server's own conversion gives the snapshot.
 
 use crate::support::*;
 use base64::Engine;
@@ -15,14 +16,20 @@ const TABLE: &str = "CREATE TABLE types (
     f FLOAT, d DOUBLE, dec1 DECIMAL(10,3), dec2 DECIMAL(30,10),
     dt DATE, dtz DATE, dtm DATETIME, dtm6 DATETIME(6), ts3 TIMESTAMP(3) NULL, tm6 TIME(6), yr YEAR,
     c5 CHAR(5), vc VARCHAR(20) CHARACTER SET latin1, tx TEXT, bn BINARY(4), vb VARBINARY(10), bl BLOB,
-    en ENUM('small','large'), st SET('x','y','z'), b1 BIT(1), b10 BIT(10), js JSON, g GEOMETRY
+    en ENUM('small','large'), st SET('x','y','z'), b1 BIT(1), b10 BIT(10), js JSON, g GEOMETRY,
+    u16 VARCHAR(10) CHARACTER SET utf16, u16le VARCHAR(10) CHARACTER SET utf16le, uc2 VARCHAR(10) CHARACTER SET ucs2,
+    u32 VARCHAR(10) CHARACTER SET utf32, cyr VARCHAR(10) CHARACTER SET cp1251, gb VARCHAR(10) CHARACTER SET gbk,
+    l2 VARCHAR(10) CHARACTER SET latin2, b5 VARCHAR(10) CHARACTER SET big5, sj VARCHAR(10) CHARACTER SET sjis,
+    kr VARCHAR(10) CHARACTER SET euckr, k8 CHAR(5) CHARACTER SET koi8r, sw VARCHAR(10) CHARACTER SET swe7,
+    ecyr ENUM('да','нет') CHARACTER SET cp1251, tcyr TEXT CHARACTER SET cp1251
 ) CHARACTER SET utf8mb4";
 
 const EDGES: &str = "-128, 255, -32768, 65535, -8388608, 16777215, -2147483648, 4294967295, \
     -9223372036854775808, 18446744073709551615, 3.25, -0e0, -1234567.891, '12345678901234567890.0123456789', \
     '2024-02-29', '0000-00-00', '2024-01-31 23:59:59', '2024-01-31 12:34:56.123456', '2024-01-31 12:34:56.789', \
     '-838:59:59.000000', 2024, '😀', 'café', '', 'ab', 0x00FF, 'blob', 'large', 'x,z', b'1', b'1111111111', \
-    '{\"a\": [1, 2]}', ST_GeomFromText('POINT(1 2)')";
+    '{\"a\": [1, 2]}', ST_GeomFromText('POINT(1 2)'), \
+    'A😀z', 'Ж😀', 'Жx', '😀ß', 'Привет', '中文', 'Łódź', '中文', '日本', '한국', 'Мир', 'ÄäÖ', 'нет', 'ёЁ№'";
 
 const OTHER: &str = "ti = 127, tu = 0, mi = 8388607, bi = 9223372036854775807, bu = 0, f = -1.5, \
     d = 1.7976931348623157e308, dec1 = 0, dtm6 = '1000-01-01 00:00:00.000001', ts3 = '1970-01-01 00:00:01', \
@@ -41,7 +48,7 @@ fn wkb_point(x: f64, y: f64) -> Vec<u8> {
 }
 
 fn edges(id: i64) -> Value {
-    json!({
+    let mut row = json!({
         "id": id, "ti": -128, "tu": 255, "si": -32768, "su": 65535, "mi": -8388608, "mu": 16777215,
         "ii": -2147483648i64, "iu": 4294967295u64, "bi": i64::MIN, "bu": u64::MAX,
         // MariaDB stores -0e0 as 0 (decoding -0.0 from binlog bytes is a unit test)
@@ -51,7 +58,15 @@ fn edges(id: i64) -> Value {
         "c5": "😀", "vc": "café", "tx": "", "bn": b64(b"ab\0\0"), "vb": b64(&[0, 255]), "bl": b64(b"blob"),
         "en": "large", "st": "x,z", "b1": true, "b10": b64(&[3, 255]), "js": "{\"a\": [1, 2]}",
         "g": {"wkb": b64(&wkb_point(1.0, 2.0)), "srid": 0},
-    })
+    });
+    let charsets = json!({
+        "u16": "A😀z", "u16le": "Ж😀", "uc2": "Жx", "u32": "😀ß", "cyr": "Привет", "gb": "中文", "l2": "Łódź",
+        "b5": "中文", "sj": "日本", "kr": "한국", "k8": "Мир", "sw": "ÄäÖ", "ecyr": "нет", "tcyr": "ёЁ№",
+    });
+    for (k, v) in charsets.as_object().unwrap() {
+        row[k] = v.clone();
+    }
+    row
 }
 
 fn other(mut row: Value) -> Value {

@@ -20,6 +20,7 @@
 //! in its cache leaves the rolled-back rows in the binlog.
 
 use super::Filter;
+use super::charset::Charsets;
 use super::compressed::{self, COMPRESSED};
 use super::decode::{TableInfo, table_info};
 use super::gtid::{self, Gtid, GtidState};
@@ -69,6 +70,8 @@ pub struct Reader {
     gtid_set_before: Option<String>,
     /// Reading again from before a prepared XA transaction, up to the stored position.
     replay: Option<Replay>,
+    /// The server's charsets, by collation id.
+    charsets: Charsets,
 }
 
 /// What was delivered before a restart that reads again from `replay_from`.
@@ -111,7 +114,14 @@ impl Reader {
             payload_read: false,
             gtid_set_before: None,
             replay,
+            charsets: Charsets::default(),
         }
+    }
+
+    /// Decodes text with the server's own charsets (the default knows utf8 and latin1).
+    pub fn with_charsets(mut self, charsets: Charsets) -> Self {
+        self.charsets = charsets;
+        self
     }
 
     /// The file the reader is in.
@@ -224,7 +234,8 @@ impl Reader {
                 let id = tme.table_id();
                 if self.tables.get(&id).is_none_or(|(raw, _)| raw.as_slice() != ev.data()) {
                     let captured = self.filter.captures(&tme.database_name(), &tme.table_name());
-                    let info = captured.then(|| table_info(&tme).map(Arc::new)).transpose()?;
+                    let info =
+                        captured.then(|| table_info(&tme, &self.charsets).map(Arc::new)).transpose()?;
                     if let Some(info) = &info {
                         self.by_name.insert(info.table.qualified(), info.table.clone());
                     }

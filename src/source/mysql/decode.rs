@@ -4,9 +4,10 @@
 //! every rows event is preceded by its table map, each row is decoded with the schema in
 //! force at its position: no DDL parsing, no schema history to drift.
 
+use super::charset::{Charsets, Decoder};
 use crate::error::{Error, Kind, Result};
 use crate::event::{Table, Value};
-use mysql_common::binlog::events::{OptionalMetadataField, TableMapEvent};
+use mysql_common::binlog::events::{DefaultCharset, OptionalMetadataField, TableMapEvent};
 use mysql_common::binlog::jsonb;
 use mysql_common::binlog::value::BinlogValue;
 use mysql_common::constants::ColumnType;
@@ -26,8 +27,10 @@ pub struct Column {
     pub meta: Vec<u8>,
     /// UNSIGNED numeric column.
     pub unsigned: bool,
-    /// Charset id for character columns (0 when not a character column).
+    /// Collation id for character columns (0 when not a character column).
     pub charset: u16,
+    /// How its text decodes (character, ENUM and SET columns).
+    pub text: Decoder,
     /// ENUM or SET members, in definition order.
     pub members: Arc<[String]>,
 }
@@ -45,16 +48,17 @@ fn malformed(what: impl Into<String>) -> Error {
     Error::new(Kind::Encode, what.into())
 }
 
-/// Builds a [`TableInfo`] from a TABLE_MAP event. Fails when the event lacks column names,
-/// which means the server does not log full row metadata.
-pub fn table_info(tme: &TableMapEvent<'_>) -> Result<TableInfo> {
+/// Builds a [`TableInfo`] from a TABLE_MAP event, text decoded by the server's `charsets`.
+/// Fails when the event lacks column names (the server does not log full row metadata) or
+/// a column's collation is not one of `charsets`.
+pub fn table_info(tme: &TableMapEvent<'_>, charsets: &Charsets) -> Result<TableInfo> {
     let n = tme.columns_count() as usize;
     let bad = |e: std::io::Error| {
         malformed(format!("malformed table map of {}.{}: {e}", tme.database_name(), tme.table_name()))
     };
     let mut names = Vec::with_capacity(n);
     let mut signedness = Vec::new();
-    let (mut charsets, mut enum_set_charsets) = (Vec::new(), Vec::new());
+    let (mut column_charsets, mut enum_set_charsets) = (Vec::new(), Vec::new());
     let (mut enum_values, mut set_values) = (Vec::new(), Vec::new());
     let mut key = Vec::new();
     let (mut default_cs, mut enum_default_cs) = (None, None);
@@ -66,20 +70,15 @@ pub fn table_info(tme: &TableMapEvent<'_>) -> Result<TableInfo> {
                     names.push(name.map_err(bad)?.name().into_owned());
                 }
             }
-            OptionalMetadataField::DefaultCharset(d) => {
-                let mut overrides = Vec::new();
-                for o in d.iter_non_default() {
-                    let o = o.map_err(bad)?;
-                    overrides.push((o.column_index() as usize, o.charset()));
-                }
-                default_cs = Some((d.default_charset(), overrides));
+            OptionalMetadataField::DefaultCharset(d) => default_cs = Some(default_charsets(&d).map_err(bad)?),
+            OptionalMetadataField::EnumAndSetDefaultCharset(d) => {
+                enum_default_cs = Some(default_charsets(&d).map_err(bad)?)
             }
             OptionalMetadataField::ColumnCharset(c) => {
                 for cs in c.iter_charsets() {
-                    charsets.push(cs.map_err(bad)?);
+                    column_charsets.push(cs.map_err(bad)?);
                 }
             }
-            OptionalMetadataField::EnumAndSetDefaultCharset(d) => enum_default_cs = Some(d.default_charset()),
             OptionalMetadataField::EnumAndSetColumnCharset(c) => {
                 for cs in c.iter_charsets() {
                     enum_set_charsets.push(cs.map_err(bad)?);
@@ -88,14 +87,14 @@ pub fn table_info(tme: &TableMapEvent<'_>) -> Result<TableInfo> {
             OptionalMetadataField::EnumStrValue(e) => {
                 for v in e.iter_values() {
                     enum_values.push(
-                        v.map_err(bad)?.values().iter().map(|s| s.value().into_owned()).collect::<Vec<_>>(),
+                        v.map_err(bad)?.values().iter().map(|s| s.value_raw().to_vec()).collect::<Vec<_>>(),
                     );
                 }
             }
             OptionalMetadataField::SetStrValue(e) => {
                 for v in e.iter_values() {
                     set_values.push(
-                        v.map_err(bad)?.values().iter().map(|s| s.value().into_owned()).collect::<Vec<_>>(),
+                        v.map_err(bad)?.values().iter().map(|s| s.value_raw().to_vec()).collect::<Vec<_>>(),
                     );
                 }
             }
@@ -126,21 +125,35 @@ pub fn table_info(tme: &TableMapEvent<'_>) -> Result<TableInfo> {
             return Err(malformed(format!("unknown type of column {name} of {}", tme.table_name())));
         };
         let meta = tme.get_column_metadata(i).unwrap_or(&[]).to_vec();
-        let mut col = Column { ty, meta, unsigned: false, charset: 0, members: Arc::from(Vec::new()) };
+        let mut col = Column {
+            ty,
+            meta,
+            unsigned: false,
+            charset: 0,
+            text: Decoder::Utf8,
+            members: Arc::from(Vec::new()),
+        };
+        let decoder = |id: u16| {
+            charsets.get(id).cloned().map_err(|why| {
+                malformed(format!(
+                    "cannot decode column {name} of {}.{}: {why}",
+                    tme.database_name(),
+                    tme.table_name()
+                ))
+            })
+        };
         if ty.is_numeric_type() {
             col.unsigned = signedness.get(numeric_i).copied().unwrap_or(false);
             numeric_i += 1;
         }
-        if ty.is_character_type() {
-            col.charset = match &default_cs {
-                Some((default, overrides)) => {
-                    overrides.iter().find(|(c, _)| *c == char_i).map_or(*default, |(_, cs)| *cs)
-                }
-                None => charsets.get(char_i).copied().unwrap_or(BINARY),
-            };
+        // The server counts GEOMETRY (a BLOB underneath, charset binary) as a character column.
+        if ty.is_character_type() || ty == ColumnType::MYSQL_TYPE_GEOMETRY {
+            col.charset = pick_charset(&default_cs, &column_charsets, char_i, BINARY);
+            col.text = decoder(col.charset)?;
             char_i += 1;
         } else if ty.is_enum_or_set_type() {
-            col.charset = enum_set_charsets.get(enum_set_i).copied().or(enum_default_cs).unwrap_or(45);
+            col.charset = pick_charset(&enum_default_cs, &enum_set_charsets, enum_set_i, 45);
+            col.text = decoder(col.charset)?;
             enum_set_i += 1;
             let members = if ty.is_enum_type() {
                 enum_i += 1;
@@ -149,7 +162,16 @@ pub fn table_info(tme: &TableMapEvent<'_>) -> Result<TableInfo> {
                 set_i += 1;
                 set_values.get(set_i - 1)
             };
-            col.members = Arc::from(members.cloned().unwrap_or_default());
+            let mut decoded = Vec::new();
+            for m in members.cloned().unwrap_or_default() {
+                decoded.push(col.text.decode(m).map_err(|why| {
+                    malformed(format!(
+                        "cannot decode a member of column {name} of {}: {why}",
+                        tme.table_name()
+                    ))
+                })?);
+            }
+            col.members = Arc::from(decoded);
         }
         columns.push(col);
     }
@@ -197,6 +219,27 @@ pub fn decode_row<'a>(info: &'a TableInfo, present: &[bool], buf: &mut ParseBuf<
         })?);
     }
     Ok(row)
+}
+
+/// A table map's default charset of one kind of column (character, or ENUM/SET) and the
+/// columns of the kind that differ from it.
+type DefaultAndOverrides = (u16, Vec<(usize, u16)>);
+
+fn default_charsets(d: &DefaultCharset<'_>) -> std::io::Result<DefaultAndOverrides> {
+    let mut overrides = Vec::new();
+    for o in d.iter_non_default() {
+        let o = o?;
+        overrides.push((o.column_index() as usize, o.charset()));
+    }
+    Ok((d.default_charset(), overrides))
+}
+
+/// The collation of the `i`th column of a kind: from the default form, or the per-column list.
+fn pick_charset(default: &Option<DefaultAndOverrides>, each: &[u16], i: usize, fallback: u16) -> u16 {
+    match default {
+        Some((default, overrides)) => overrides.iter().find(|(c, _)| *c == i).map_or(*default, |(_, cs)| *cs),
+        None => each.get(i).copied().unwrap_or(fallback),
+    }
 }
 
 fn truncated(info: &TableInfo) -> Error {
@@ -260,7 +303,7 @@ pub fn map_value(col: &Column, raw: BinlogValue<'_>) -> std::result::Result<Valu
         (MYSQL_TYPE_GEOMETRY, MyValue::Bytes(b)) if b.len() >= 4 => {
             Value::Geometry { srid: u32::from_le_bytes([b[0], b[1], b[2], b[3]]), wkb: b[4..].to_vec() }
         }
-        (MYSQL_TYPE_JSON, MyValue::Bytes(b)) => Value::Text(text(b, 45)?),
+        (MYSQL_TYPE_JSON, MyValue::Bytes(b)) => Value::Text(utf8(b)?),
         // BINARY(n) is stored without its trailing zero padding; the column's value has it.
         (MYSQL_TYPE_STRING, MyValue::Bytes(mut b)) if col.charset == BINARY => {
             b.resize(b.len().max(string_len(&col.meta)), 0);
@@ -268,7 +311,7 @@ pub fn map_value(col: &Column, raw: BinlogValue<'_>) -> std::result::Result<Valu
         }
         (ty, MyValue::Bytes(b)) if ty.is_character_type() => match col.charset {
             BINARY => Value::Bytes(b),
-            cs => Value::Text(text(b, cs)?),
+            _ => Value::Text(col.text.decode(b)?),
         },
         (_, MyValue::Bytes(b)) => Value::Bytes(b),
         (ty, other) => return Err(format!("unexpected value {other:?} for type {ty:?}")),
@@ -395,25 +438,9 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-/// Decodes text by MySQL charset id: the utf8 family, latin1 (which MySQL defines as
-/// cp1252) and ASCII; any other charset must hold valid UTF-8 or the value is refused.
-pub fn text(b: Vec<u8>, charset: u16) -> std::result::Result<String, String> {
-    const LATIN1: [u16; 8] = [5, 8, 15, 31, 47, 48, 49, 94];
-    if LATIN1.contains(&charset) {
-        return Ok(b.iter().map(|&c| cp1252(c)).collect());
-    }
-    String::from_utf8(b).map_err(|_| format!("bytes are not valid in charset {charset}"))
-}
-
-fn cp1252(c: u8) -> char {
-    const HIGH: [char; 32] = [
-        '€', '\u{81}', '‚', 'ƒ', '„', '…', '†', '‡', 'ˆ', '‰', 'Š', '‹', 'Œ', '\u{8d}', 'Ž', '\u{8f}',
-        '\u{90}', '‘', '’', '“', '”', '•', '–', '—', '˜', '™', 'š', '›', 'œ', '\u{9d}', 'ž', 'Ÿ',
-    ];
-    match c {
-        0x80..=0x9f => HIGH[(c - 0x80) as usize],
-        _ => c as char,
-    }
+/// Text the server sent as utf8mb4 (numbers, JSON, everything after `SET NAMES utf8mb4`).
+pub fn utf8(b: Vec<u8>) -> std::result::Result<String, String> {
+    Decoder::Utf8.decode(b)
 }
 
 /// MySQL binary JSON as JSON text.

@@ -3,6 +3,7 @@
 //! backpressure). MySQL keeps binlogs regardless of readers, so `ack` has nothing to release.
 
 mod binlog;
+mod charset;
 mod chunk;
 mod compressed;
 pub mod decode;

@@ -205,6 +205,7 @@ async fn tables(conn: &mut mysql_async::Conn, config: &Config) -> Result<Vec<Che
         "GRANT SELECT ON <db>.* TO <cdc user>",
         Kind::Auth,
     ));
+    out.push(charsets(conn, &captured).await?);
     let keyless: Vec<String> = captured.iter().filter(|c| !c.2).map(|(d, t, _)| format!("{d}.{t}")).collect();
     if !keyless.is_empty() {
         out.push(Check {
@@ -214,6 +215,35 @@ async fn tables(conn: &mut mysql_async::Conn, config: &Config) -> Result<Vec<Che
         });
     }
     Ok(out)
+}
+
+/// Every text column of the captured tables is in a charset the stream can decode (all
+/// that MySQL and MariaDB ship today; a future one is refused here, and with 65 in the stream).
+async fn charsets(conn: &mut mysql_async::Conn, captured: &[(String, String, bool)]) -> Result<Check> {
+    let known = super::charset::Charsets::load(conn).await?;
+    let rows: Vec<(String, String, String, String)> = conn
+        .query(
+            "SELECT table_schema, table_name, column_name, character_set_name FROM information_schema.columns \
+             WHERE character_set_name IS NOT NULL",
+        )
+        .await
+        .map_err(|e| classify(e, conn.opts(), "read column charsets"))?;
+    let unknown: Vec<String> = rows
+        .into_iter()
+        .filter(|(d, t, _, cs)| !known.supports(cs) && captured.iter().any(|c| &c.0 == d && &c.1 == t))
+        .map(|(d, t, c, cs)| format!("{d}.{t}.{c} ({cs})"))
+        .collect();
+    let found = match unknown.is_empty() {
+        true => "every text column is in a charset cdc decodes".to_owned(),
+        false => format!("no decoder for {}", unknown.join(", ")),
+    };
+    Ok(check(
+        "charsets",
+        unknown.is_empty(),
+        found,
+        "convert those columns (ALTER TABLE ... CONVERT TO CHARACTER SET utf8mb4) or leave the tables out of --tables",
+        Kind::Config,
+    ))
 }
 
 /// The server can still give the stored position (see `resume`: proven, not guessed).

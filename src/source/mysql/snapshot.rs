@@ -12,7 +12,7 @@
 //! versions of themselves until the stream catches up (the last event per key is right).
 
 use super::chunk::{self, CHUNK_ROWS, Order, Shape};
-use super::decode::{datetime, text, time};
+use super::decode::{datetime, time, utf8};
 use super::{Filter, classify, gtid_at};
 use crate::encode::now_ms;
 use crate::error::{Error, Result};
@@ -376,19 +376,19 @@ pub fn map_value(col: &Column, v: MyValue) -> std::result::Result<Value, String>
             Value::Text(time(neg, days * 24 + h as u32, m, s, us, digits))
         }
         MyValue::Bytes(b) => match ty {
-            MYSQL_TYPE_DECIMAL | MYSQL_TYPE_NEWDECIMAL => Value::Text(text(b, 45)?),
+            MYSQL_TYPE_DECIMAL | MYSQL_TYPE_NEWDECIMAL => Value::Text(utf8(b)?),
             MYSQL_TYPE_BIT if col.column_length() == 1 => Value::Bool(b.iter().any(|&x| x != 0)),
             MYSQL_TYPE_BIT => Value::Bytes(b),
             MYSQL_TYPE_GEOMETRY if b.len() >= 4 => {
                 Value::Geometry { srid: u32::from_le_bytes([b[0], b[1], b[2], b[3]]), wkb: b[4..].to_vec() }
             }
-            MYSQL_TYPE_JSON => Value::Text(text(b, 45)?),
-            MYSQL_TYPE_YEAR => Value::Int(text(b, 45)?.parse().map_err(|_| "bad YEAR")?),
+            MYSQL_TYPE_JSON => Value::Text(utf8(b)?),
+            MYSQL_TYPE_YEAR => Value::Int(utf8(b)?.parse().map_err(|_| "bad YEAR")?),
             _ if col.flags().intersects(ColumnFlags::ENUM_FLAG | ColumnFlags::SET_FLAG) => {
-                Value::Text(text(b, 45)?)
+                Value::Text(utf8(b)?)
             }
             _ if col.character_set() == 63 => Value::Bytes(b),
-            _ => Value::Text(text(b, 45)?),
+            _ => Value::Text(utf8(b)?),
         },
     })
 }

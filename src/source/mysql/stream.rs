@@ -6,6 +6,7 @@
 //! three missed heartbeats mean the connection is dead (a frozen server keeps TCP open).
 
 use super::binlog::Reader;
+use super::charset::Charsets;
 use super::gtid_set::GtidSet;
 use super::resume::{self, Server};
 use super::{Filter, Tx, classify, endpoint, is_binlog_read_error};
@@ -33,6 +34,7 @@ pub async fn stream(
         .await
         .map_err(|e| classify(e, &opts, "connect for the binlog stream"))?;
     let server = resume::server(&mut conn).await?;
+    let charsets = Charsets::load(&mut conn).await?;
     // With an XA transaction prepared, the stored position asks to read from before it.
     let req = start.request();
     let by_gtid = resume::by_gtid(&server, &req);
@@ -71,7 +73,7 @@ pub async fn stream(
             tracing::info!(file = %req.file, pos = req.pos, server = %server.identity, "streaming the binlog")
         }
     }
-    let mut reader = Reader::new(filter, &start, Some(server.identity.clone()));
+    let mut reader = Reader::new(filter, &start, Some(server.identity.clone())).with_charsets(charsets);
     let mut out = Vec::with_capacity(64);
     // The start position is stored at once, so changes made while cdc is down are found.
     if tx.send(Ok(vec![SourceMessage::Commit(Position::Mysql(start.clone()))])).await.is_err() {

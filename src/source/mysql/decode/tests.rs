@@ -5,7 +5,14 @@ use super::*;
 use mysql_common::constants::ColumnType::*;
 
 fn col(ty: ColumnType, meta: &[u8]) -> Column {
-    Column { ty, meta: meta.to_vec(), unsigned: false, charset: 45, members: Arc::from(Vec::new()) }
+    Column {
+        ty,
+        meta: meta.to_vec(),
+        unsigned: false,
+        charset: 45,
+        text: Decoder::Utf8,
+        members: Arc::from(Vec::new()),
+    }
 }
 
 fn decode(c: &Column, bytes: &[u8]) -> Value {
@@ -78,6 +85,7 @@ fn strings_by_charset() {
     let mut c = col(MYSQL_TYPE_VARCHAR, &[40, 0]);
     assert_eq!(decode(&c, b"\x04\xf0\x9f\x98\x80"), text_of("😀"));
     c.charset = 8; // latin1 (cp1252)
+    c.text = Charsets::default().get(8).unwrap().clone();
     assert_eq!(decode(&c, b"\x03caf\xe9"[..].split_at(4).0), text_of("caf"));
     assert_eq!(decode(&c, b"\x02\xe9\x80"), text_of("é€"));
     c.charset = 63;
@@ -86,6 +94,7 @@ fn strings_by_charset() {
     binary4.charset = 63;
     assert_eq!(decode(&binary4, b"\x02ab"), Value::Bytes(b"ab\0\0".to_vec()), "BINARY(4) keeps its padding");
     c.charset = 45;
+    c.text = Decoder::Utf8;
     let mut buf = ParseBuf(b"\x02\xff\xfe");
     let raw: BinlogValue<'_> = buf.parse((c.ty, c.meta.as_slice(), false, false)).unwrap();
     assert!(map_value(&c, raw).is_err(), "invalid UTF-8 must be refused, not mangled");
