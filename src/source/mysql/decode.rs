@@ -8,7 +8,6 @@ use super::charset::{Charsets, Decoder};
 use crate::error::{Error, Kind, Result};
 use crate::event::{Table, Value};
 use mysql_common::binlog::events::{DefaultCharset, OptionalMetadataField, TableMapEvent};
-use mysql_common::binlog::jsonb;
 use mysql_common::binlog::value::BinlogValue;
 use mysql_common::constants::ColumnType;
 use mysql_common::io::ParseBuf;
@@ -251,7 +250,7 @@ pub fn map_value(col: &Column, raw: BinlogValue<'_>) -> std::result::Result<Valu
     use ColumnType::*;
     let v = match raw {
         BinlogValue::Value(v) => v,
-        BinlogValue::Jsonb(j) => return jsonb_text(j).map(Value::Text),
+        BinlogValue::Jsonb(j) => return super::json::text(j).map(Value::Text),
         BinlogValue::JsonDiff(_) => {
             return Err("partial JSON update (set binlog_row_value_options='' on the server)".into());
         }
@@ -300,9 +299,7 @@ pub fn map_value(col: &Column, raw: BinlogValue<'_>) -> std::result::Result<Valu
             }
             Value::Text(members.join(","))
         }
-        (MYSQL_TYPE_GEOMETRY, MyValue::Bytes(b)) if b.len() >= 4 => {
-            Value::Geometry { srid: u32::from_le_bytes([b[0], b[1], b[2], b[3]]), wkb: b[4..].to_vec() }
-        }
+        (MYSQL_TYPE_GEOMETRY, MyValue::Bytes(b)) if b.len() >= 4 => geometry(b),
         (MYSQL_TYPE_JSON, MyValue::Bytes(b)) => Value::Text(utf8(b)?),
         // BINARY(n) is stored without its trailing zero padding; the column's value has it.
         (MYSQL_TYPE_STRING, MyValue::Bytes(mut b)) if col.charset == BINARY => {
@@ -327,9 +324,14 @@ fn string_len(meta: &[u8]) -> usize {
     }
 }
 
+/// MySQL's internal geometry: a little-endian SRID, then WKB.
+pub fn geometry(b: Vec<u8>) -> Value {
+    Value::Geometry { srid: u32::from_le_bytes([b[0], b[1], b[2], b[3]]), wkb: b[4..].to_vec() }
+}
+
 /// FLOAT columns hold f32: print the shortest decimal that round-trips as f32 (`1.1`, not
 /// `1.100000023841858`).
-fn shortest_f32(f: f32) -> f64 {
+pub fn shortest_f32(f: f32) -> f64 {
     if !f.is_finite() {
         return f as f64;
     }
@@ -441,12 +443,6 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// Text the server sent as utf8mb4 (numbers, JSON, everything after `SET NAMES utf8mb4`).
 pub fn utf8(b: Vec<u8>) -> std::result::Result<String, String> {
     Decoder::Utf8.decode(b)
-}
-
-/// MySQL binary JSON as JSON text.
-fn jsonb_text(j: jsonb::Value<'_>) -> std::result::Result<String, String> {
-    let v: serde_json::Value = j.try_into().map_err(|e| format!("bad binary JSON: {e}"))?;
-    Ok(v.to_string())
 }
 
 #[cfg(test)]

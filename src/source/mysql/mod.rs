@@ -9,6 +9,7 @@ mod compressed;
 pub mod decode;
 mod gtid;
 mod gtid_set;
+mod json;
 pub mod preflight;
 mod resume;
 mod snapshot;

@@ -12,7 +12,7 @@
 //! versions of themselves until the stream catches up (the last event per key is right).
 
 use super::chunk::{self, CHUNK_ROWS, Order, Shape};
-use super::decode::{datetime, time, utf8};
+use super::decode::{datetime, geometry, shortest_f32, time, utf8};
 use super::{Filter, classify, gtid_at};
 use crate::encode::now_ms;
 use crate::error::{Error, Result};
@@ -352,7 +352,10 @@ fn ident(s: &str) -> String {
     format!("`{}`", s.replace('`', "``"))
 }
 
-/// Maps a binary-protocol value to the same JSON meaning the binlog decoder gives it.
+/// Maps a binary-protocol value to the same JSON meaning the binlog decoder gives it: both
+/// end in the same function per type (`datetime`, `time`, `geometry`, `shortest_f32`; text
+/// arrives as utf8mb4, which `charset` decodes to the same characters in the binlog; JSON
+/// arrives as MySQL's text, which `json` renders from the binlog's binary form).
 pub fn map_value(col: &Column, v: MyValue) -> std::result::Result<Value, String> {
     use ColumnType::*;
     let ty = col.column_type();
@@ -361,7 +364,7 @@ pub fn map_value(col: &Column, v: MyValue) -> std::result::Result<Value, String>
         MyValue::NULL => Value::Null,
         MyValue::Int(i) => Value::Int(i),
         MyValue::UInt(u) => Value::UInt(u),
-        MyValue::Float(f) => Value::Float(f.to_string().parse().unwrap_or(f as f64)),
+        MyValue::Float(f) => Value::Float(shortest_f32(f)),
         MyValue::Double(f) => Value::Float(f),
         MyValue::Date(y, m, d, h, mi, s, us) => {
             let at = Some((h, mi, s, us, digits));
@@ -379,9 +382,7 @@ pub fn map_value(col: &Column, v: MyValue) -> std::result::Result<Value, String>
             MYSQL_TYPE_DECIMAL | MYSQL_TYPE_NEWDECIMAL => Value::Text(utf8(b)?),
             MYSQL_TYPE_BIT if col.column_length() == 1 => Value::Bool(b.iter().any(|&x| x != 0)),
             MYSQL_TYPE_BIT => Value::Bytes(b),
-            MYSQL_TYPE_GEOMETRY if b.len() >= 4 => {
-                Value::Geometry { srid: u32::from_le_bytes([b[0], b[1], b[2], b[3]]), wkb: b[4..].to_vec() }
-            }
+            MYSQL_TYPE_GEOMETRY if b.len() >= 4 => geometry(b),
             MYSQL_TYPE_JSON => Value::Text(utf8(b)?),
             MYSQL_TYPE_YEAR => Value::Int(utf8(b)?.parse().map_err(|_| "bad YEAR")?),
             _ if col.flags().intersects(ColumnFlags::ENUM_FLAG | ColumnFlags::SET_FLAG) => {

@@ -127,7 +127,7 @@ fn mysql_binary_json_becomes_text() {
     let body = [0x00, 0x01, 0x00, 0x0c, 0x00, 0x0b, 0x00, 0x01, 0x00, 0x05, 0x01, 0x00, b'a'];
     let mut bytes = (body.len() as u32).to_le_bytes().to_vec();
     bytes.extend_from_slice(&body);
-    assert_eq!(decode(&col(MYSQL_TYPE_JSON, &[4]), &bytes), text_of(r#"{"a":1}"#));
+    assert_eq!(decode(&col(MYSQL_TYPE_JSON, &[4]), &bytes), text_of(r#"{"a": 1}"#));
 }
 
 #[test]
