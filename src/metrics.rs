@@ -2,6 +2,8 @@
 //! with a `/health` probe when `--metrics-addr` is set. Counters are atomics: bumping one is
 //! a single relaxed add, cheap enough for the per-batch paths that use them.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -44,6 +46,24 @@ pub static RESTARTS: Counter =
 pub static LAST_SOURCE_TS_MS: AtomicI64 = AtomicI64::new(0);
 /// 1 while streaming, 0 while connecting or backing off.
 pub static UP: AtomicI64 = AtomicI64::new(0);
+/// Snapshot rows read and estimated, per table (updated per batch of rows).
+static SNAPSHOT_ROWS: Mutex<BTreeMap<String, (u64, u64)>> = Mutex::new(BTreeMap::new());
+
+/// Records the snapshot progress of `table`.
+pub fn snapshot_rows(table: &str, rows: u64, estimated: u64) {
+    let mut m = SNAPSHOT_ROWS.lock().unwrap_or_else(|e| e.into_inner());
+    match m.get_mut(table) {
+        Some(v) => *v = (rows, estimated),
+        None => {
+            m.insert(table.to_owned(), (rows, estimated));
+        }
+    }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
 
 fn render() -> String {
     let mut out = String::new();
@@ -55,6 +75,23 @@ fn render() -> String {
     out.push_str(&format!("cdc_last_source_ts_ms {ts}\n"));
     out.push_str("# HELP cdc_up 1 while streaming\n# TYPE cdc_up gauge\n");
     out.push_str(&format!("cdc_up {}\n", UP.load(Ordering::Relaxed)));
+    let snapshot = SNAPSHOT_ROWS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for (i, (name, help)) in [
+        ("cdc_snapshot_rows_total", "Snapshot rows read, per table"),
+        (
+            "cdc_snapshot_rows_estimated",
+            "Snapshot rows estimated by the catalog (the count once a table is done)",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for (table, (rows, estimated)) in &snapshot {
+            let v = if i == 0 { rows } else { estimated };
+            out.push_str(&format!("{name}{{table=\"{}\"}} {v}\n", label(table)));
+        }
+    }
     out
 }
 

@@ -33,5 +33,6 @@ mod pg_support;
 mod pg_tls;
 mod pg_types;
 mod run_loop;
+mod snapshot_progress;
 mod support;
 mod testbed;

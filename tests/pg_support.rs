@@ -91,6 +91,18 @@ impl Running {
 
     /// As [`Running::postgres`], against the server at `url`.
     pub fn postgres_at(url: &str, dir: &Path, name: &str, tables: &str, extra: &[&str]) -> Running {
+        Running::postgres_env(url, dir, name, tables, extra, &[])
+    }
+
+    /// As [`Running::postgres_at`], with environment variables for cdc.
+    pub fn postgres_env(
+        url: &str,
+        dir: &Path,
+        name: &str,
+        tables: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Running {
         let (out, state, stderr) = (dir.join("out.jsonl"), dir.join("state"), dir.join("stderr.log"));
         let log = std::fs::File::create(&stderr).unwrap();
         let mut args =
@@ -101,7 +113,8 @@ impl Running {
         }
         args.extend(["--state-dir", s]);
         args.extend(extra);
-        let child = cdc().args(&args).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        let child =
+            cdc().args(&args).envs(env.iter().copied()).stdout(Stdio::null()).stderr(log).spawn().unwrap();
         Running { child, dir: dir.to_path_buf(), out, state, stderr }
     }
 }

@@ -9,6 +9,7 @@ pub mod check;
 mod filter;
 pub mod mysql;
 pub mod postgres;
+pub mod progress;
 
 pub use filter::Filter;
 

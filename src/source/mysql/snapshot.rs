@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::event::{ChangeEvent, Op, Snapshot, Source, Table, Value};
 use crate::position::{BinlogPosition, Position, SnapshotProgress};
 use crate::source::SourceMessage;
+use crate::source::progress::Progress;
 use mysql_async::consts::{ColumnFlags, ColumnType};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Column, Value as MyValue};
@@ -36,8 +37,6 @@ const LOCK_WAIT_SECS: u32 = 2;
 const LOCK_TRIES: u32 = 30;
 /// Pause between two attempts, so queued writes drain.
 const LOCK_PAUSE: Duration = Duration::from_secs(1);
-/// How often progress is logged.
-const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 use super::Tx;
 
@@ -53,9 +52,7 @@ struct Emitter<'a> {
     out_bytes: usize,
     ts_ms: i64,
     rows: u64,
-    began: Instant,
-    last_log: Instant,
-    total: u64,
+    meter: Progress,
 }
 
 impl Emitter<'_> {
@@ -91,20 +88,6 @@ impl Emitter<'_> {
                 thread: None,
             },
             transaction: None,
-        }
-    }
-
-    fn log_progress(&mut self, table: &str) {
-        if self.last_log.elapsed() >= PROGRESS_EVERY {
-            self.last_log = Instant::now();
-            let rate = self.rows as f64 / self.began.elapsed().as_secs_f64();
-            tracing::info!(
-                rows = self.rows,
-                estimated_total = self.total,
-                rows_per_sec = rate as u64,
-                table,
-                "snapshot progress"
-            );
         }
     }
 
@@ -162,8 +145,13 @@ pub async fn run(
     for (db, table) in &tables {
         shapes.push(chunk::shape(&mut conn, db, table).await?);
     }
-    let total: u64 = shapes.iter().map(|s| s.estimated_rows).sum();
-    tracing::info!(tables = shapes.len(), estimated_rows = total, position = %Position::Mysql(start.clone()), resumed_chunks = progress.chunks, "snapshot started");
+    let meter = Progress::new(
+        shapes
+            .iter()
+            .filter(|s| !progress.done.contains(&s.qualified()))
+            .map(|s| (s.qualified(), s.estimated_rows)),
+    );
+    tracing::info!(tables = shapes.len(), estimated_rows = meter.estimated(), position = %Position::Mysql(start.clone()), resumed_chunks = progress.chunks, "snapshot started");
     let mut em = Emitter {
         tx,
         start,
@@ -174,17 +162,17 @@ pub async fn run(
         out_bytes: 0,
         ts_ms: now_ms(),
         rows: 0,
-        began: Instant::now(),
-        last_log: Instant::now(),
-        total,
+        meter,
     };
+    let began = Instant::now();
     for shape in &shapes {
         if !em.progress.done.contains(&shape.qualified()) && !read_table(&mut conn, shape, &mut em).await? {
             return Ok(None);
         }
     }
     let _ = conn.query_drop("COMMIT").await;
-    let (rows, secs) = (em.rows, em.began.elapsed().as_secs());
+    let (rows, secs) = (em.rows, began.elapsed().as_secs());
+    em.meter.finish();
     let start = em.start.clone();
     if !em.finish().await {
         return Ok(None);
@@ -219,10 +207,14 @@ async fn read_table(conn: &mut mysql_async::Conn, shape: &Shape, em: &mut Emitte
         let opts = conn.opts().clone();
         let read_err = |e| classify(e, &opts, &format!("read {qualified}"));
         let mut result = conn.exec_iter(sql, params).await.map_err(read_err)?;
-        let mut n = 0u64;
+        let (mut n, mut metered) = (0u64, 0u64);
         let mut last: Option<Vec<MyValue>> = None;
         while let Some(row) = result.next().await.map_err(read_err)? {
             n += 1;
+            if n - metered == SEND_ROWS as u64 {
+                em.meter.rows(&qualified, n - metered);
+                metered = n;
+            }
             if keyed {
                 last = Some(shape.boundary(&row));
             }
@@ -253,6 +245,7 @@ async fn read_table(conn: &mut mysql_async::Conn, shape: &Shape, em: &mut Emitte
             }
         }
         drop(result);
+        em.meter.rows(&qualified, n - metered);
         let finished = !keyed || n < shape.chunk_rows;
         if finished {
             em.progress.done.push(qualified.clone());
@@ -268,8 +261,8 @@ async fn read_table(conn: &mut mysql_async::Conn, shape: &Shape, em: &mut Emitte
         if !em.chunk_done().await {
             return Ok(false);
         }
-        em.log_progress(&qualified);
         if finished {
+            em.meter.table_done(&qualified);
             return Ok(true);
         }
     }

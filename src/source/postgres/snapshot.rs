@@ -19,6 +19,7 @@ use crate::event::{ChangeEvent, Op, Snapshot, Source, Value};
 use crate::position::{PgPosition, Position, SnapshotProgress};
 use crate::source::Filter;
 use crate::source::SourceMessage;
+use crate::source::progress::Progress;
 use futures::StreamExt;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -122,9 +123,28 @@ pub async fn run(
         };
         chunks.extend(plan(&readers[0], p, i, t, after, version).await?);
     }
+    let mut estimates = Vec::new();
+    for t in tables.iter().filter(|t| !progress.done.contains(&t.table.qualified())) {
+        // The planner's estimate (0 before the first ANALYZE); a partitioned table's is its
+        // leaves' sum.
+        let sql = match t.partitioned {
+            true => {
+                "SELECT COALESCE(SUM(GREATEST(c.reltuples, 0)), 0)::bigint FROM pg_partition_tree($1) p \
+                     JOIN pg_class c ON c.oid = p.relid WHERE p.isleaf"
+            }
+            false => "SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE oid = $1",
+        };
+        let row = readers[0]
+            .query_one(sql, &[&t.oid])
+            .await
+            .map_err(|e| p.classify(e, "estimate a table's rows"))?;
+        estimates.push((t.table.qualified(), row.get::<_, i64>(0).max(0) as u64));
+    }
+    let mut meter = Progress::new(estimates);
     tracing::info!(
         tables = tables.len(),
         chunks = chunks.len(),
+        estimated_rows = meter.estimated(),
         parallelism = readers.len(),
         "snapshot started"
     );
@@ -168,6 +188,7 @@ pub async fn run(
                 .await
                 .ok_or_else(|| Error::internal("a snapshot reader ended early"))??;
             let Piece::Rows(rows) = piece else { break };
+            meter.rows(&tables[c.table].table.qualified(), rows.len() as u64);
             for ev in rows {
                 if let Some(prev) = held.replace(ev) {
                     out.push(SourceMessage::Change(prev));
@@ -186,6 +207,7 @@ pub async fn run(
                 progress.last_key = serde_json::to_string(upper).ok();
             }
             None => {
+                meter.table_done(&table);
                 progress.done.push(table);
                 progress.table = None;
                 progress.last_key = None;
@@ -202,6 +224,7 @@ pub async fn run(
     }
     out.extend(held_commit);
     out.push(position(None));
+    meter.finish();
     tracing::info!(chunks = chunks.len(), "snapshot finished");
     Ok(tx.send(Ok(out)).await.is_ok())
 }
