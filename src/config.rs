@@ -238,6 +238,16 @@ impl fmt::Debug for SourceUrl {
 pub struct TablePattern(String);
 
 impl TablePattern {
+    /// A pattern as written (`db.table`, `*` allowed).
+    pub fn new(text: &str) -> Self {
+        TablePattern(text.to_owned())
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
     /// True when `schema.table` matches.
     pub fn matches(&self, schema: &str, table: &str) -> bool {
         glob(self.0.as_bytes(), format!("{schema}.{table}").as_bytes())

@@ -53,6 +53,25 @@ pub struct BinlogPosition {
     /// not delivered again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_from: Option<Box<ReplayFrom>>,
+    /// The `--tables`/`--exclude-tables` in force when this position was stored (patterns
+    /// joined by `,`, excludes prefixed with `!`): a later run that captures more reads
+    /// the tables it adds, and only those, while it streams. Absent in older offsets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub captured: Option<std::sync::Arc<str>>,
+    /// Set while tables are read alongside the stream (tables added to `--tables`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<Box<IncrementalProgress>>,
+}
+
+/// How far the reading of tables alongside the stream got.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncrementalProgress {
+    /// Tables still to read (`db.table`), the one being read first.
+    pub tables: Vec<String>,
+    /// Last key delivered of the first table, as the snapshot's `last_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_key: Option<String>,
 }
 
 /// Where to read from again, and the GTID state there.
@@ -131,7 +150,15 @@ impl BinlogPosition {
             server: None,
             snapshot: None,
             replay_from: None,
+            captured: None,
+            incremental: None,
         }
+    }
+
+    /// Orders the binlog coordinates alone (None across differently named files).
+    pub fn coords_cmp(&self, other: &BinlogPosition) -> Option<Ordering> {
+        let (a, b) = (self.file_key()?, other.file_key()?);
+        (a.0 == b.0).then(|| (a.1, self.pos).cmp(&(b.1, other.pos)))
     }
 
     /// The position to ask the server for: `replay_from` when set, else this one.

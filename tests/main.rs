@@ -16,6 +16,7 @@ mod kinesis_streams;
 mod kinesis_support;
 mod mysql_e2e;
 mod mysql_faults;
+mod mysql_incremental;
 mod mysql_restarts;
 mod mysql_shapes;
 mod mysql_snapshot_keys;

@@ -15,6 +15,25 @@ impl Filter {
         Filter { tables: config.tables.clone(), exclude: config.exclude_tables.clone() }
     }
 
+    /// The filter as stored with a position: the patterns joined by `,`, excludes with `!`.
+    pub fn text(&self) -> String {
+        let mut parts: Vec<String> = self.tables.iter().map(|p| p.as_str().to_owned()).collect();
+        parts.extend(self.exclude.iter().map(|p| format!("!{}", p.as_str())));
+        parts.join(",")
+    }
+
+    /// The filter of [`Filter::text`].
+    pub fn from_text(text: &str) -> Self {
+        let (mut tables, mut exclude) = (Vec::new(), Vec::new());
+        for part in text.split(',').filter(|p| !p.is_empty()) {
+            match part.strip_prefix('!') {
+                Some(p) => exclude.push(TablePattern::new(p)),
+                None => tables.push(TablePattern::new(part)),
+            }
+        }
+        Filter { tables, exclude }
+    }
+
     /// True when `db.table` is captured.
     pub fn captures(&self, db: &str, table: &str) -> bool {
         !is_system(db)

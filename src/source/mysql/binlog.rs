@@ -129,6 +129,11 @@ impl Reader {
         &self.file
     }
 
+    /// True inside a transaction group (between its GTID event or BEGIN and its end).
+    pub fn in_transaction(&self) -> bool {
+        self.tx.began()
+    }
+
     /// Handles one event, appending what it produces to `out`.
     pub fn on_event(&mut self, ev: &Event, out: &mut Vec<SourceMessage>) -> Result<()> {
         let header = ev.header();

@@ -9,6 +9,7 @@ mod compressed;
 pub mod decode;
 mod gtid;
 mod gtid_set;
+mod incremental;
 mod json;
 pub mod preflight;
 mod resume;
@@ -203,7 +204,12 @@ async fn run(
         }
         _ => current_position(&opts).await?,
     };
-    stream::stream(opts, server_id, filter, start, tx).await
+    // `--snapshot never` reads no table, also not one added to --tables.
+    let incremental = match mode {
+        SnapshotMode::Never => None,
+        _ => incremental::plan(&opts, &filter, &start).await?,
+    };
+    stream::stream(opts, server_id, filter, start, incremental, tx).await
 }
 
 /// The server's current binlog end (where `--snapshot never` starts).

@@ -218,20 +218,7 @@ async fn read_table(conn: &mut mysql_async::Conn, shape: &Shape, em: &mut Emitte
             if keyed {
                 last = Some(shape.boundary(&row));
             }
-            let columns = row.columns();
-            let mut values: Vec<MyValue> = row.unwrap();
-            values.truncate(width);
-            let mut bytes = 0;
-            let mut after_row = Vec::with_capacity(width);
-            for (c, v) in columns.iter().zip(values) {
-                bytes += match &v {
-                    MyValue::Bytes(b) => b.len() + 8,
-                    _ => 16,
-                };
-                after_row.push(map_value(c, v).map_err(|why| {
-                    Error::new(crate::error::Kind::Encode, format!("cannot read a row of {qualified}: {why}"))
-                })?);
-            }
+            let (after_row, bytes) = map_row(row, width, &qualified)?;
             if !em.row(em.event(&table, after_row), bytes).await {
                 return Ok(false);
             }
@@ -339,6 +326,26 @@ async fn lock_tables(opts: &mysql_async::Opts, tables: &[(String, String)]) -> R
         }
     }
     Ok(lock)
+}
+
+/// The first `width` values of a chunk row (the rest are ENUM/SET key extras) mapped, and
+/// about how many bytes they hold.
+pub(super) fn map_row(row: mysql_async::Row, width: usize, table: &str) -> Result<(Vec<Value>, usize)> {
+    let columns = row.columns();
+    let mut values: Vec<MyValue> = row.unwrap();
+    values.truncate(width);
+    let mut bytes = 0;
+    let mut out = Vec::with_capacity(width);
+    for (c, v) in columns.iter().zip(values) {
+        bytes += match &v {
+            MyValue::Bytes(b) => b.len() + 8,
+            _ => 16,
+        };
+        out.push(map_value(c, v).map_err(|why| {
+            Error::new(crate::error::Kind::Encode, format!("cannot read a row of {table}: {why}"))
+        })?);
+    }
+    Ok((out, bytes))
 }
 
 fn ident(s: &str) -> String {

@@ -8,14 +8,17 @@
 use super::binlog::Reader;
 use super::charset::Charsets;
 use super::gtid_set::GtidSet;
+use super::incremental::Incremental;
 use super::resume::{self, Server};
 use super::{Filter, Tx, classify, endpoint, is_binlog_read_error};
 use crate::error::{Error, Result};
+use crate::position::IncrementalProgress;
 use crate::position::{BinlogPosition, Position};
 use crate::source::SourceMessage;
 use futures::StreamExt;
 use mysql_async::prelude::Queryable;
 use mysql_common::binlog::consts::EventType;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How often the server sends a heartbeat when idle; a silent connection is declared dead
@@ -28,8 +31,10 @@ pub async fn stream(
     server_id: u32,
     filter: Filter,
     start: BinlogPosition,
+    incremental: Option<IncrementalProgress>,
     tx: Tx,
 ) -> Result<()> {
+    let captured: Arc<str> = filter.text().into();
     let mut conn = mysql_async::Conn::new(opts.clone())
         .await
         .map_err(|e| classify(e, &opts, "connect for the binlog stream"))?;
@@ -75,15 +80,42 @@ pub async fn stream(
     }
     let mut reader = Reader::new(filter, &start, Some(server.identity.clone())).with_charsets(charsets);
     let mut out = Vec::with_capacity(64);
+    let mut inc = incremental.map(|p| Incremental::start(opts.clone(), p));
+    let stamp = |out: &mut Vec<SourceMessage>, inc: &Option<Incremental>| {
+        for m in out.iter_mut() {
+            if let SourceMessage::Commit(Position::Mysql(p)) = m {
+                p.captured = Some(captured.clone());
+                p.incremental = inc.as_ref().and_then(Incremental::progress);
+            }
+        }
+    };
     // The start position is stored at once, so changes made while cdc is down are found.
-    if tx.send(Ok(vec![SourceMessage::Commit(Position::Mysql(start.clone()))])).await.is_err() {
+    let mut first_commit = vec![SourceMessage::Commit(Position::Mysql(start.clone()))];
+    stamp(&mut first_commit, &inc);
+    if tx.send(Ok(first_commit)).await.is_err() {
         return Ok(());
     }
     // The last position sent: what a read error must prove lost, not the start.
     let mut last = start.clone();
+    // Where the stream is: the end of the last event read.
+    let mut here = start.request();
     let mut first = true;
     loop {
-        let ev = match tokio::time::timeout(HEARTBEAT * 3, events.next()).await {
+        let wants_chunk = inc.as_ref().is_some_and(Incremental::wants_chunk);
+        let next = tokio::select! {
+            next = tokio::time::timeout(HEARTBEAT * 3, events.next()) => next,
+            chunk = async { inc.as_mut().expect("wants a chunk").next_chunk().await }, if wants_chunk => {
+                chunk?;
+                if let Some(i) = inc.as_mut() {
+                    i.emit(&here, !reader.in_transaction(), &last, &mut out);
+                }
+                if send(&tx, &mut out, &mut last).await.is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        let ev = match next {
             Err(_) => {
                 return Err(Error::unavailable(format!(
                     "no binlog event or heartbeat from {} for {:?}: connection lost",
@@ -107,25 +139,56 @@ pub async fn stream(
             crate::metrics::UP.store(1, std::sync::atomic::Ordering::Relaxed);
             crate::source::STREAMED.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        if ev.header().event_type() == Ok(EventType::HEARTBEAT_EVENT) {
-            continue;
+        let kind = ev.header().event_type();
+        if kind != Ok(EventType::HEARTBEAT_EVENT) {
+            reader.on_event(&ev, &mut out)?;
         }
-        reader.on_event(&ev, &mut out)?;
         if let Some(SourceMessage::Change(c)) = out.last() {
             crate::metrics::LAST_SOURCE_TS_MS.store(c.ts_ms, std::sync::atomic::Ordering::Relaxed);
         }
-        if let Some(p) = out.iter().rev().find_map(|m| match m {
-            SourceMessage::Commit(Position::Mysql(p)) => Some(p),
-            _ => None,
-        }) {
-            last.clone_from(p);
+        // A real rotate's log_pos is in the file it closes; the stream is now at the new
+        // file's start. A heartbeat's log_pos is the end of the last event the server sent.
+        match (kind, ev.header().log_pos()) {
+            (_, 0) => {}
+            (Ok(EventType::ROTATE_EVENT), _) => here = BinlogPosition::new(reader.file(), 4),
+            (_, pos) => here = BinlogPosition::new(reader.file(), pos as u64),
+        }
+        stamp(&mut out, &inc);
+        if let Some(i) = inc.as_mut() {
+            i.observe(&out, &here);
+            if let Some(p) = last_commit(&out) {
+                last.clone_from(p);
+            }
+            i.emit(&here, !reader.in_transaction(), &last, &mut out);
         }
         // One channel message per binlog event, not per row.
-        if !out.is_empty() && tx.send(Ok(std::mem::replace(&mut out, Vec::with_capacity(64)))).await.is_err()
-        {
+        if send(&tx, &mut out, &mut last).await.is_err() {
             return Ok(());
         }
     }
+}
+
+/// The newest position among `out`.
+fn last_commit(out: &[SourceMessage]) -> Option<&BinlogPosition> {
+    out.iter().rev().find_map(|m| match m {
+        SourceMessage::Commit(Position::Mysql(p)) => Some(p),
+        _ => None,
+    })
+}
+
+/// Sends `out` (if not empty) and notes its newest position in `last`.
+async fn send(
+    tx: &Tx,
+    out: &mut Vec<SourceMessage>,
+    last: &mut BinlogPosition,
+) -> std::result::Result<(), ()> {
+    if let Some(p) = last_commit(out) {
+        last.clone_from(p);
+    }
+    if out.is_empty() {
+        return Ok(());
+    }
+    tx.send(Ok(std::mem::replace(out, Vec::with_capacity(64)))).await.map_err(|_| ())
 }
 
 /// A binlog read error. Error 1236 is "position lost" (66) only when a fresh look at the

@@ -1,0 +1,300 @@
+//! Tables read alongside the stream (a table that starts matching `--tables` between two
+//! runs), read-only: the DBLog watermark idea without a watermark table.
+//!
+//! A reader task reads one key-range chunk at a time in its own consistent-read
+//! transaction and notes the binlog positions just before (low) and after (high) its read
+//! view: MariaDB reports the view's position exactly (`binlog_snapshot_file/position`,
+//! low = high); on MySQL they are the binlog end read around the transaction's start. The
+//! stream holds the chunk until it has passed the high watermark and is between
+//! transactions, drops the rows whose key the stream changed after the low watermark (the
+//! stream's version is as new or newer and was delivered already), and emits the rest as
+//! `op: "r"` with the stream's own position, so no key ever receives an older version after
+//! a newer one. Streaming never waits for a chunk: the SELECT runs on another connection.
+
+use super::chunk::{self, Order, Shape};
+use super::classify;
+use super::snapshot::map_row;
+use crate::error::{Error, Result};
+use crate::event::{ChangeEvent, Op, Snapshot, Source, Table, Value};
+use crate::position::{BinlogPosition, IncrementalProgress, Position};
+use crate::source::SourceMessage;
+use mysql_async::prelude::Queryable;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// One chunk read, waiting for the stream to pass `high`.
+pub struct Chunk {
+    table: Arc<Table>,
+    rows: Vec<Vec<Value>>,
+    low: BinlogPosition,
+    /// A position at or after the read view (`low` itself where the server reports the
+    /// view's position exactly): the chunk waits for the stream to pass it.
+    high: BinlogPosition,
+    /// The last key read (JSON), or None when the chunk ended its table.
+    last_key: Option<String>,
+}
+
+/// The stream's side: progress, the chunk waiting to be emitted, and the keys the stream
+/// changed in the table being read, with where.
+pub struct Incremental {
+    progress: IncrementalProgress,
+    chunks: mpsc::Receiver<Result<Chunk>>,
+    waiting: Option<Chunk>,
+    changed: HashMap<String, BinlogPosition>,
+    /// No chunk still to emit has its low watermark before this: changes up to it matter
+    /// to none of them.
+    floor: Option<BinlogPosition>,
+}
+
+/// A row's table and key as a map key (values hold floats, so not `Eq`; their debug form is
+/// exact).
+fn key_of(table: &Table, row: &[Value]) -> String {
+    let key: Vec<&Value> = table.key.iter().map(|&i| &row[i]).collect();
+    format!("{}.{}{key:?}", table.schema, table.name)
+}
+
+fn after(p: &BinlogPosition, low: &BinlogPosition) -> bool {
+    p.coords_cmp(low).is_none_or(|o| o.is_gt())
+}
+
+impl Incremental {
+    /// Starts reading `progress.tables` (the first from after `progress.last_key`).
+    pub fn start(opts: mysql_async::Opts, progress: IncrementalProgress) -> Incremental {
+        // One chunk read ahead at most: memory stays at a few chunks.
+        let (tx, chunks) = mpsc::channel(1);
+        let plan = progress.clone();
+        tokio::spawn(async move {
+            if let Err(e) = read_chunks(opts, plan, &tx).await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        tracing::info!(tables = ?progress.tables, "reading tables added to --tables alongside the stream");
+        Incremental { progress, chunks, waiting: None, changed: HashMap::new(), floor: None }
+    }
+
+    /// The progress to store with every position.
+    pub fn progress(&self) -> Option<Box<IncrementalProgress>> {
+        (!self.progress.tables.is_empty()).then(|| Box::new(self.progress.clone()))
+    }
+
+    /// True while a chunk is still to come.
+    pub fn wants_chunk(&self) -> bool {
+        self.waiting.is_none() && !self.progress.tables.is_empty()
+    }
+
+    /// Waits for the next chunk (cancel-safe, for `select!`).
+    pub async fn next_chunk(&mut self) -> Result<()> {
+        match self.chunks.recv().await {
+            Some(chunk) => {
+                self.waiting = Some(chunk?);
+                Ok(())
+            }
+            None => Err(Error::internal("the incremental snapshot reader ended early")),
+        }
+    }
+
+    /// Notes the keys of the tables still to read that the stream changed in `out`, at
+    /// `here` (the reader may be on the next table while a chunk of this one waits).
+    pub fn observe(&mut self, out: &[SourceMessage], here: &BinlogPosition) {
+        let floor = self.waiting.as_ref().map(|c| &c.low).or(self.floor.as_ref());
+        if self.progress.tables.is_empty() || floor.is_some_and(|f| !after(here, f)) {
+            return;
+        }
+        for m in out {
+            let SourceMessage::Change(c) = m else { continue };
+            if c.table.key.is_empty() || !self.progress.tables.contains(&c.table.qualified()) {
+                continue;
+            }
+            for image in [&c.before, &c.after].into_iter().flatten() {
+                self.changed.insert(key_of(&c.table, image), here.clone());
+            }
+        }
+    }
+
+    /// Emits the waiting chunk into `out` if the stream, at `here` and between
+    /// transactions, has passed its high watermark; `last` is the last position delivered.
+    pub fn emit(
+        &mut self,
+        here: &BinlogPosition,
+        between: bool,
+        last: &BinlogPosition,
+        out: &mut Vec<SourceMessage>,
+    ) {
+        let Some(chunk) = &self.waiting else { return };
+        let passed = here.coords_cmp(&chunk.high).is_some_and(|o| o.is_ge());
+        if !between || !passed {
+            return;
+        }
+        let chunk = self.waiting.take().expect("checked above");
+        let newer = |key: &String| self.changed.get(key).is_some_and(|at| after(at, &chunk.low));
+        let (mut kept, mut dropped) = (0usize, 0usize);
+        let ts_ms = crate::encode::now_ms();
+        for row in chunk.rows {
+            if newer(&key_of(&chunk.table, &row)) {
+                dropped += 1;
+                continue;
+            }
+            out.push(SourceMessage::Change(ChangeEvent {
+                table: chunk.table.clone(),
+                op: Op::Read,
+                before: None,
+                after: Some(row),
+                ts_ms,
+                snapshot: Snapshot::Yes,
+                source: Source::Mysql {
+                    server_id: 0,
+                    gtid: last.gtid.as_deref().map(Into::into),
+                    file: last.file.as_str().into(),
+                    pos: last.pos,
+                    row: kept as u32,
+                    thread: None,
+                },
+                transaction: None,
+            }));
+            kept += 1;
+        }
+        // Changes at or before this chunk's read view matter to no later chunk (the reader
+        // reads them one after another: their low watermarks only grow).
+        self.changed.retain(|_, at| after(at, &chunk.low));
+        self.floor = Some(chunk.low);
+        let table = chunk.table.qualified();
+        tracing::debug!(%table, kept, dropped, "incremental snapshot chunk delivered");
+        match chunk.last_key {
+            Some(k) => self.progress.last_key = Some(k),
+            None => {
+                tracing::info!(%table, "incremental snapshot of table finished");
+                self.progress.tables.remove(0);
+                self.progress.last_key = None;
+            }
+        }
+        let mut at = last.clone();
+        at.incremental = self.progress();
+        out.push(SourceMessage::Commit(Position::Mysql(at)));
+    }
+}
+
+/// What to read alongside the stream when resuming at `resumed`: the tables an interrupted
+/// run was still reading, then every captured table the stored `--tables` did not capture.
+pub async fn plan(
+    opts: &mysql_async::Opts,
+    filter: &super::Filter,
+    resumed: &BinlogPosition,
+) -> Result<Option<IncrementalProgress>> {
+    let mut plan = resumed.incremental.as_deref().cloned().unwrap_or_default();
+    // An offset stored before `captured` existed: what it captured is unknown, assume the same.
+    if let Some(before) = resumed.captured.as_deref().map(super::Filter::from_text) {
+        let mut conn =
+            mysql_async::Conn::new(opts.clone()).await.map_err(|e| classify(e, opts, "connect"))?;
+        for (db, table) in super::captured_tables(&mut conn, filter).await? {
+            let name = format!("{db}.{table}");
+            if !before.captures(&db, &table) && !plan.tables.contains(&name) {
+                plan.tables.push(name);
+            }
+        }
+        let _ = conn.disconnect().await;
+    }
+    Ok((!plan.tables.is_empty()).then_some(plan))
+}
+
+/// Reads the planned tables chunk by chunk, each chunk in its own consistent read.
+async fn read_chunks(
+    opts: mysql_async::Opts,
+    plan: IncrementalProgress,
+    tx: &mpsc::Sender<Result<Chunk>>,
+) -> Result<()> {
+    let mut conn = mysql_async::Conn::new(opts.clone())
+        .await
+        .map_err(|e| classify(e, &opts, "connect for the incremental snapshot"))?;
+    for sql in [
+        "SET SESSION time_zone = '+00:00'",
+        "SET NAMES utf8mb4",
+        "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+    ] {
+        conn.query_drop(sql)
+            .await
+            .map_err(|e| classify(e, &opts, "prepare the incremental snapshot session"))?;
+    }
+    for (i, qualified) in plan.tables.iter().enumerate() {
+        let (db, table) = qualified.split_once('.').unwrap_or(("", qualified));
+        let shape = chunk::shape(&mut conn, db, table).await?;
+        if shape.order == Order::Scan {
+            return Err(Error::config(format!(
+                "{qualified} was added to --tables but has no primary key or unique NOT NULL index, which reading it \
+                 alongside the stream needs: add a key, leave it out, or `cdc offsets reset` for a full snapshot"
+            )));
+        }
+        let table = Arc::new(Table {
+            schema: shape.db.clone(),
+            name: shape.table.clone(),
+            columns: shape.names(),
+            key: shape.primary.clone(),
+        });
+        let mut after = match i {
+            0 => plan.last_key.as_deref().and_then(chunk::boundary_from_json),
+            _ => None,
+        };
+        loop {
+            let (rows, (low, high), last) = read_one(&mut conn, &shape, after.as_deref()).await?;
+            let last_key = last.as_ref().map(|b| chunk::boundary_json(b));
+            if tx.send(Ok(Chunk { table: table.clone(), rows, low, high, last_key })).await.is_err() {
+                return Ok(());
+            }
+            match last {
+                Some(b) => after = Some(b),
+                None => break,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The binlog positions just before and just after a chunk's read view.
+type Watermarks = (BinlogPosition, BinlogPosition);
+
+/// One chunk after `after`: its rows, its watermarks, and its last key when the table goes
+/// on.
+async fn read_one(
+    conn: &mut mysql_async::Conn,
+    shape: &Shape,
+    after: Option<&[mysql_async::Value]>,
+) -> Result<(Vec<Vec<Value>>, Watermarks, Option<Vec<mysql_async::Value>>)> {
+    let opts = conn.opts().clone();
+    let qualified = shape.qualified();
+    let err = |e| classify(e, &opts, &format!("read a chunk of {qualified}"));
+    let marks = watermark(conn).await?;
+    let params = after.map(|b| shape.params(b)).unwrap_or_default();
+    let mut result = conn.exec_iter(shape.sql(after.is_some()), params).await.map_err(err)?;
+    let (mut rows, mut last) = (Vec::new(), None);
+    while let Some(row) = result.next().await.map_err(err)? {
+        last = Some(shape.boundary(&row));
+        rows.push(map_row(row, shape.cols.len(), &qualified)?.0);
+    }
+    drop(result);
+    conn.query_drop("COMMIT").await.map_err(err)?;
+    let more = rows.len() as u64 >= shape.chunk_rows;
+    Ok((rows, marks, last.filter(|_| more)))
+}
+
+/// Starts a consistent read and returns the binlog positions before and after its read
+/// view: both the view's exact position on MariaDB; on MySQL, which does not report it, the
+/// binlog end read just before and just after the view is taken.
+async fn watermark(conn: &mut mysql_async::Conn) -> Result<Watermarks> {
+    let opts = conn.opts().clone();
+    let err = |e| classify(e, &opts, "start a chunk's consistent read");
+    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT").await.map_err(err)?;
+    let status: Vec<(String, String)> =
+        conn.query("SHOW STATUS LIKE 'binlog_snapshot_%'").await.map_err(err)?;
+    let get = |n: &str| status.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+    if let (Some(file), Some(pos)) = (get("binlog_snapshot_file"), get("binlog_snapshot_position"))
+        && !file.is_empty()
+    {
+        let at = BinlogPosition::new(file, pos.parse().unwrap_or(4));
+        return Ok((at.clone(), at));
+    }
+    conn.query_drop("ROLLBACK").await.map_err(err)?;
+    let low = super::current_position(&opts).await?;
+    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT").await.map_err(err)?;
+    let high = super::current_position(&opts).await?;
+    Ok((BinlogPosition::new(low.file, low.pos), BinlogPosition::new(high.file, high.pos)))
+}
