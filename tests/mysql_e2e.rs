@@ -166,6 +166,14 @@ async fn snapshot_of_100k_rows_under_writes_meets_the_stream_exactly() {
     assert!(snap.len() >= 99_000, "snapshot rows: {}", snap.len());
     assert_eq!(snap.last().unwrap()["value"]["source"]["snapshot"], "last");
     assert!(snap[..snap.len() - 1].iter().all(|e| e["value"]["source"]["snapshot"] == "true"));
+    // Snapshot rows name the server as its binlog events do.
+    let streamed = evs.iter().find(|e| e["value"]["op"] != "r").expect("a streamed change");
+    let id = &streamed["value"]["source"]["server_id"];
+    assert!(id.as_u64().is_some_and(|id| id > 0), "streamed server_id {id}");
+    assert!(
+        snap.iter().all(|e| &e["value"]["source"]["server_id"] == id),
+        "snapshot server_id differs from {id}"
+    );
     assert!(cdc.stderr().contains("snapshot finished"));
     assert!(cdc.stop().success());
 }

@@ -95,6 +95,8 @@ async fn a_table_added_to_tables_is_read_alone_alongside_the_stream_and_survives
     assert!(!big_r.is_empty() && !small_u.is_empty(), "{} updates written", updates);
     let (from, to) = (big_r[0], *big_r.last().unwrap());
     assert!(small_u.iter().any(|&i| i > from && i < to), "no streamed change while big was read");
+    let server_id = |i: usize| later[i]["value"]["source"]["server_id"].clone();
+    assert!(big_r.iter().all(|&i| server_id(i) == server_id(small_u[0])), "r rows name the server");
 
     // Per key of big: the versions never go back, and the last one is the table's. A change
     // sent again after the kill (same source position, row and key) is a duplicate that

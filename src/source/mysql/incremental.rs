@@ -45,6 +45,8 @@ pub struct Incremental {
     /// No chunk still to emit has its low watermark before this: changes up to it matter
     /// to none of them.
     floor: Option<BinlogPosition>,
+    /// `source.server_id` of the rows.
+    server_id: u32,
 }
 
 /// A row's table and key as a map key (values hold floats, so not `Eq`; their debug form is
@@ -60,7 +62,8 @@ fn after(p: &BinlogPosition, low: &BinlogPosition) -> bool {
 
 impl Incremental {
     /// Starts reading `progress.tables` (the first from after `progress.last_key`).
-    pub fn start(opts: mysql_async::Opts, progress: IncrementalProgress) -> Incremental {
+    /// Rows carry `server_id` (the server's `@@server_id`) as its binlog events do.
+    pub fn start(opts: mysql_async::Opts, progress: IncrementalProgress, server_id: u32) -> Incremental {
         // One chunk read ahead at most: memory stays at a few chunks.
         let (tx, chunks) = mpsc::channel(1);
         let plan = progress.clone();
@@ -70,7 +73,7 @@ impl Incremental {
             }
         });
         tracing::info!(tables = ?progress.tables, "reading tables added to --tables alongside the stream");
-        Incremental { progress, chunks, waiting: None, changed: HashMap::new(), floor: None }
+        Incremental { progress, chunks, waiting: None, changed: HashMap::new(), floor: None, server_id }
     }
 
     /// The progress to store with every position.
@@ -143,7 +146,7 @@ impl Incremental {
                 ts_ms,
                 snapshot: Snapshot::Yes,
                 source: Source::Mysql {
-                    server_id: 0,
+                    server_id: self.server_id,
                     gtid: last.gtid.as_deref().map(Into::into),
                     file: last.file.as_str().into(),
                     pos: last.pos,

@@ -26,25 +26,28 @@ pub struct Server {
     pub identity: String,
     /// GTIDs are written (always on MariaDB; MySQL `gtid_mode=ON`).
     pub gtids: bool,
+    /// `@@server_id`: the `source.server_id` of snapshot rows, as the server's own binlog
+    /// events carry it.
+    pub server_id: u32,
 }
 
 /// Reads the server's flavour and identity.
 pub async fn server(conn: &mut mysql_async::Conn) -> Result<Server> {
-    let (version, id): (String, u64) = conn
+    let (version, id): (String, u32) = conn
         .query_first("SELECT VERSION(), @@server_id")
         .await
         .map_err(|e| classify(e, conn.opts(), "identify the server"))?
         .unwrap_or_default();
     let mariadb = version.to_ascii_lowercase().contains("mariadb");
     if mariadb {
-        return Ok(Server { mariadb, identity: id.to_string(), gtids: true });
+        return Ok(Server { mariadb, identity: id.to_string(), gtids: true, server_id: id });
     }
     let (identity, mode): (String, String) = conn
         .query_first("SELECT @@server_uuid, @@GLOBAL.gtid_mode")
         .await
         .map_err(|e| classify(e, conn.opts(), "read @@server_uuid and @@gtid_mode"))?
         .unwrap_or_default();
-    Ok(Server { mariadb, identity, gtids: mode.eq_ignore_ascii_case("ON") })
+    Ok(Server { mariadb, identity, gtids: mode.eq_ignore_ascii_case("ON"), server_id: id })
 }
 
 /// True when `p` is requested by GTID from `server`.

@@ -53,6 +53,8 @@ struct Emitter<'a> {
     ts_ms: i64,
     rows: u64,
     meter: Progress,
+    /// The server's `@@server_id`, as its binlog events carry it.
+    server_id: u32,
 }
 
 impl Emitter<'_> {
@@ -80,7 +82,7 @@ impl Emitter<'_> {
             ts_ms: self.ts_ms,
             snapshot: Snapshot::Yes,
             source: Source::Mysql {
-                server_id: 0,
+                server_id: self.server_id,
                 gtid: self.start.gtid.as_deref().map(Into::into),
                 file: self.start.file.as_str().into(),
                 pos: self.start.pos,
@@ -137,6 +139,7 @@ pub async fn run(
     ] {
         conn.query_drop(sql).await.map_err(|e| classify(e, conn.opts(), "prepare the snapshot session"))?;
     }
+    let server_id = super::resume::server(&mut conn).await?.server_id;
     let tables = super::captured_tables(&mut conn, filter).await?;
     let here = consistent_start(&mut conn, &tables).await?;
     let start = resumed.clone().unwrap_or_else(|| here.clone());
@@ -163,6 +166,7 @@ pub async fn run(
         ts_ms: now_ms(),
         rows: 0,
         meter,
+        server_id,
     };
     let began = Instant::now();
     for shape in &shapes {

@@ -80,7 +80,7 @@ pub async fn stream(
     }
     let mut reader = Reader::new(filter, &start, Some(server.identity.clone())).with_charsets(charsets);
     let mut out = Vec::with_capacity(64);
-    let mut inc = incremental.map(|p| Incremental::start(opts.clone(), p));
+    let mut inc = incremental.map(|p| Incremental::start(opts.clone(), p, server.server_id));
     let stamp = |out: &mut Vec<SourceMessage>, inc: &Option<Incremental>| {
         for m in out.iter_mut() {
             if let SourceMessage::Commit(Position::Mysql(p)) = m {
