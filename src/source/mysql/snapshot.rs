@@ -142,7 +142,10 @@ pub async fn run(
     let server_id = super::resume::server(&mut conn).await?.server_id;
     let tables = super::captured_tables(&mut conn, filter).await?;
     let here = consistent_start(&mut conn, &tables).await?;
-    let start = resumed.clone().unwrap_or_else(|| here.clone());
+    let mut start = resumed.clone().unwrap_or_else(|| here.clone());
+    // Every position the snapshot stores, its last included, names what was captured: a run
+    // stopped before the stream stores anything must still let the next one see an added table.
+    start.captured = Some(filter.text().into());
     let progress = resumed.and_then(|r| r.snapshot).unwrap_or_default();
     let mut shapes = Vec::with_capacity(tables.len());
     for (db, table) in &tables {
