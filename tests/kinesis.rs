@@ -402,7 +402,8 @@ async fn lost_answers_duplicate_but_never_reorder_and_access_denied_is_77() {
     }
     let st = proxy.stats.lock().unwrap();
     assert!(
-        st.lost_answers > 2 && st.violations.is_empty(),
+        // Losses are drawn at random (20%) over a handful of requests: at least one happened.
+        st.lost_answers > 0 && st.violations.is_empty(),
         "{} answers lost; {:?}",
         st.lost_answers,
         st.violations
