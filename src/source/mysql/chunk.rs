@@ -98,6 +98,16 @@ impl Shape {
         self.cols.iter().map(|c| c.name.clone()).collect()
     }
 
+    /// The table as its events name it.
+    pub fn table_info(&self) -> std::sync::Arc<crate::event::Table> {
+        std::sync::Arc::new(crate::event::Table {
+            schema: self.db.clone(),
+            name: self.table.clone(),
+            columns: self.names(),
+            key: self.primary.clone(),
+        })
+    }
+
     fn key(&self) -> &[usize] {
         match &self.order {
             Order::Index(_, k) => k,

@@ -209,15 +209,7 @@ async fn read_chunks(
     let mut conn = mysql_async::Conn::new(opts.clone())
         .await
         .map_err(|e| classify(e, &opts, "connect for the incremental snapshot"))?;
-    for sql in [
-        "SET SESSION time_zone = '+00:00'",
-        "SET NAMES utf8mb4",
-        "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
-    ] {
-        conn.query_drop(sql)
-            .await
-            .map_err(|e| classify(e, &opts, "prepare the incremental snapshot session"))?;
-    }
+    super::snapshot::prepare_session(&mut conn).await?;
     for (i, qualified) in plan.tables.iter().enumerate() {
         let (db, table) = qualified.split_once('.').unwrap_or(("", qualified));
         let shape = chunk::shape(&mut conn, db, table).await?;
@@ -227,12 +219,7 @@ async fn read_chunks(
                  alongside the stream needs: add a key, leave it out, or `cdc offsets reset` for a full snapshot"
             )));
         }
-        let table = Arc::new(Table {
-            schema: shape.db.clone(),
-            name: shape.table.clone(),
-            columns: shape.names(),
-            key: shape.primary.clone(),
-        });
+        let table = shape.table_info();
         let mut after = match i {
             0 => plan.last_key.as_deref().and_then(chunk::boundary_from_json),
             _ => None,
@@ -286,13 +273,8 @@ async fn watermark(conn: &mut mysql_async::Conn) -> Result<Watermarks> {
     let opts = conn.opts().clone();
     let err = |e| classify(e, &opts, "start a chunk's consistent read");
     conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT").await.map_err(err)?;
-    let status: Vec<(String, String)> =
-        conn.query("SHOW STATUS LIKE 'binlog_snapshot_%'").await.map_err(err)?;
-    let get = |n: &str| status.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
-    if let (Some(file), Some(pos)) = (get("binlog_snapshot_file"), get("binlog_snapshot_position"))
-        && !file.is_empty()
-    {
-        let at = BinlogPosition::new(file, pos.parse().unwrap_or(4));
+    if let Some((file, pos)) = super::snapshot::read_view_position(conn).await? {
+        let at = BinlogPosition::new(file, pos);
         return Ok((at.clone(), at));
     }
     conn.query_drop("ROLLBACK").await.map_err(err)?;

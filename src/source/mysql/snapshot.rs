@@ -129,19 +129,10 @@ pub async fn run(
     let mut conn = mysql_async::Conn::new(opts.clone())
         .await
         .map_err(|e| classify(e, opts, "connect for the snapshot"))?;
-    for sql in [
-        "SET SESSION time_zone = '+00:00'",
-        "SET NAMES utf8mb4",
-        // Rows are streamed as fast as the sink takes them: a sink that stalls must not
-        // make the server give up on the result.
-        "SET SESSION net_write_timeout = 3600",
-        "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
-    ] {
-        conn.query_drop(sql).await.map_err(|e| classify(e, conn.opts(), "prepare the snapshot session"))?;
-    }
-    let server_id = super::resume::server(&mut conn).await?.server_id;
+    prepare_session(&mut conn).await?;
+    let server = super::resume::server(&mut conn).await?;
     let tables = super::captured_tables(&mut conn, filter).await?;
-    let here = consistent_start(&mut conn, &tables).await?;
+    let here = consistent_start(&mut conn, &tables, &server).await?;
     let mut start = resumed.clone().unwrap_or_else(|| here.clone());
     // Every position the snapshot stores, its last included, names what was captured: a run
     // stopped before the stream stores anything must still let the next one see an added table.
@@ -169,7 +160,7 @@ pub async fn run(
         ts_ms: now_ms(),
         rows: 0,
         meter,
-        server_id,
+        server_id: server.server_id,
     };
     let began = Instant::now();
     for shape in &shapes {
@@ -201,12 +192,7 @@ async fn read_table(conn: &mut mysql_async::Conn, shape: &Shape, em: &mut Emitte
             tracing::warn!(table = %qualified, rows, "the interrupted snapshot of this table cannot continue where it stopped (no unique key, or an older cdc's progress): reading it again from the start");
         }
     }
-    let table = Arc::new(Table {
-        schema: shape.db.clone(),
-        name: shape.table.clone(),
-        columns: shape.names(),
-        key: shape.primary.clone(),
-    });
+    let table = shape.table_info();
     let width = shape.cols.len();
     loop {
         let params = after.as_deref().map(|b| shape.params(b)).unwrap_or_default();
@@ -269,21 +255,17 @@ async fn read_table(conn: &mut mysql_async::Conn, shape: &Shape, em: &mut Emitte
 async fn consistent_start(
     conn: &mut mysql_async::Conn,
     tables: &[(String, String)],
+    server: &super::resume::Server,
 ) -> Result<BinlogPosition> {
     let opts = conn.opts().clone();
     let err = |e| classify(e, &opts, "start the snapshot transaction");
     // Tests take the MySQL path on MariaDB with this.
     let force_lock = std::env::var_os("CDC_TEST_SNAPSHOT_LOCK_TABLES").is_some();
     conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT").await.map_err(err)?;
-    let status: Vec<(String, String)> =
-        conn.query("SHOW STATUS LIKE 'binlog_snapshot_%'").await.map_err(err)?;
-    let get = |n: &str| status.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
-    match (get("binlog_snapshot_file"), get("binlog_snapshot_position")) {
-        (Some(file), Some(p)) if !file.is_empty() && !force_lock => {
-            let pos = p.parse().unwrap_or(4);
+    match read_view_position(conn).await? {
+        Some((file, pos)) if !force_lock => {
             let gtid = gtid_at(conn, &file, pos).await;
-            let server = super::resume::server(conn).await?;
-            Ok(super::at(file, pos, gtid, &server))
+            Ok(super::at(file, pos, gtid, server))
         }
         _ => {
             conn.query_drop("ROLLBACK").await.map_err(err)?;
@@ -299,6 +281,34 @@ async fn consistent_start(
             p
         }
     }
+}
+
+/// Sets up a session that reads rows for the snapshot: values come out as the stream maps
+/// them (UTC, utf8mb4) and a stalled sink does not make the server drop the result.
+pub(super) async fn prepare_session(conn: &mut mysql_async::Conn) -> Result<()> {
+    for sql in [
+        "SET SESSION time_zone = '+00:00'",
+        "SET NAMES utf8mb4",
+        "SET SESSION net_write_timeout = 3600",
+        "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+    ] {
+        conn.query_drop(sql).await.map_err(|e| classify(e, conn.opts(), "prepare the snapshot session"))?;
+    }
+    Ok(())
+}
+
+/// The binlog position of the open consistent read, where the server reports it (MariaDB's
+/// `binlog_snapshot_file/position`); None on MySQL.
+pub(super) async fn read_view_position(conn: &mut mysql_async::Conn) -> Result<Option<(String, u64)>> {
+    let status: Vec<(String, String)> = conn
+        .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
+        .await
+        .map_err(|e| classify(e, conn.opts(), "read the consistent read's binlog position"))?;
+    let get = |n: &str| status.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+    Ok(match (get("binlog_snapshot_file"), get("binlog_snapshot_position")) {
+        (Some(file), Some(pos)) if !file.is_empty() => Some((file, pos.parse().unwrap_or(4))),
+        _ => None,
+    })
 }
 
 /// A connection holding `LOCK TABLES ... READ` on `tables`. Each attempt waits at most

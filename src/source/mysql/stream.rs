@@ -109,7 +109,7 @@ pub async fn stream(
                 if let Some(i) = inc.as_mut() {
                     i.emit(&here, !reader.in_transaction(), &last, &mut out);
                 }
-                if send(&tx, &mut out, &mut last).await.is_err() {
+                if send(&tx, &mut out).await.is_err() {
                     return Ok(());
                 }
                 continue;
@@ -154,15 +154,15 @@ pub async fn stream(
             (_, pos) => here = BinlogPosition::new(reader.file(), pos as u64),
         }
         stamp(&mut out, &inc);
+        if let Some(p) = last_commit(&out) {
+            last.clone_from(p);
+        }
         if let Some(i) = inc.as_mut() {
             i.observe(&out, &here);
-            if let Some(p) = last_commit(&out) {
-                last.clone_from(p);
-            }
             i.emit(&here, !reader.in_transaction(), &last, &mut out);
         }
         // One channel message per binlog event, not per row.
-        if send(&tx, &mut out, &mut last).await.is_err() {
+        if send(&tx, &mut out).await.is_err() {
             return Ok(());
         }
     }
@@ -176,15 +176,8 @@ fn last_commit(out: &[SourceMessage]) -> Option<&BinlogPosition> {
     })
 }
 
-/// Sends `out` (if not empty) and notes its newest position in `last`.
-async fn send(
-    tx: &Tx,
-    out: &mut Vec<SourceMessage>,
-    last: &mut BinlogPosition,
-) -> std::result::Result<(), ()> {
-    if let Some(p) = last_commit(out) {
-        last.clone_from(p);
-    }
+/// Sends `out` if not empty.
+async fn send(tx: &Tx, out: &mut Vec<SourceMessage>) -> std::result::Result<(), ()> {
     if out.is_empty() {
         return Ok(());
     }
