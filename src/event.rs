@@ -75,6 +75,13 @@ impl Table {
     pub fn qualified(&self) -> String {
         format!("{}.{}", self.schema, self.name)
     }
+
+    /// The table and the key of `row` as one string, to find a key again (values hold
+    /// floats, so they are not `Eq`; their debug form is exact).
+    pub fn key_text(&self, row: &[Value]) -> String {
+        let key: Vec<&Value> = self.key.iter().map(|&i| &row[i]).collect();
+        format!("{}.{}{key:?}", self.schema, self.name)
+    }
 }
 
 /// Whether an event comes from the snapshot (CONTRACT: `"true"`, `"last"`, `"false"`).

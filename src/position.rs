@@ -122,12 +122,18 @@ pub struct PgPosition {
     /// point, where streaming will start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotProgress>,
+    /// The captured tables when this position was stored (as [`BinlogPosition::captured`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub captured: Option<std::sync::Arc<str>>,
+    /// Set while tables are read alongside the stream (tables added to `--tables`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<Box<IncrementalProgress>>,
 }
 
 impl PgPosition {
     /// After a transaction that committed at `commit_lsn`, resuming at `lsn`.
     pub fn at(commit_lsn: u64, lsn: u64) -> Self {
-        PgPosition { commit_lsn, lsn, snapshot: None }
+        PgPosition { commit_lsn, lsn, snapshot: None, captured: None, incremental: None }
     }
 }
 

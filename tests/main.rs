@@ -25,6 +25,7 @@ mod mysql_types;
 mod pg_auth;
 mod pg_e2e;
 mod pg_faults;
+mod pg_incremental;
 #[cfg(feature = "kafka")]
 mod pg_kafka;
 mod pg_newest;

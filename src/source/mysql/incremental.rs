@@ -49,13 +49,6 @@ pub struct Incremental {
     server_id: u32,
 }
 
-/// A row's table and key as a map key (values hold floats, so not `Eq`; their debug form is
-/// exact).
-fn key_of(table: &Table, row: &[Value]) -> String {
-    let key: Vec<&Value> = table.key.iter().map(|&i| &row[i]).collect();
-    format!("{}.{}{key:?}", table.schema, table.name)
-}
-
 fn after(p: &BinlogPosition, low: &BinlogPosition) -> bool {
     p.coords_cmp(low).is_none_or(|o| o.is_gt())
 }
@@ -110,7 +103,7 @@ impl Incremental {
                 continue;
             }
             for image in [&c.before, &c.after].into_iter().flatten() {
-                self.changed.insert(key_of(&c.table, image), here.clone());
+                self.changed.insert(c.table.key_text(image), here.clone());
             }
         }
     }
@@ -134,7 +127,7 @@ impl Incremental {
         let (mut kept, mut dropped) = (0usize, 0usize);
         let ts_ms = crate::encode::now_ms();
         for row in chunk.rows {
-            if newer(&key_of(&chunk.table, &row)) {
+            if newer(&chunk.table.key_text(&row)) {
                 dropped += 1;
                 continue;
             }

@@ -63,6 +63,11 @@ impl Decoder {
         self.txn = Some(Txn { xid, ts_ms, id, order: 0, per_table: HashMap::new() });
     }
 
+    /// True between Begin and Commit.
+    pub fn in_transaction(&self) -> bool {
+        self.txn.is_some()
+    }
+
     /// The transaction ends: its position follows its changes.
     pub fn commit(&mut self, commit_lsn: u64, end_lsn: u64) {
         self.txn = None;

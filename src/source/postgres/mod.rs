@@ -14,6 +14,7 @@
 pub mod catalog;
 mod changes;
 pub mod conn;
+mod incremental;
 pub mod pgoutput;
 pub mod preflight;
 pub mod replication;
@@ -113,6 +114,7 @@ async fn run(s: Settings, resume: Option<PgPosition>, tx: Tx, acks: watch::Recei
         db: &s.db,
     };
     let end = || async { tx.send(Ok(vec![SourceMessage::End])).await.is_ok() };
+    let mut incremental = None;
     let start = match resume {
         Some(p) => {
             slot::check_resume(info.as_ref(), &s.slot, &s.db, p.lsn)?;
@@ -134,7 +136,8 @@ async fn run(s: Settings, resume: Option<PgPosition>, tx: Tx, acks: watch::Recei
                     end().await;
                     return Ok(());
                 }
-                None => {}
+                None if s.mode == SnapshotMode::Never => {}
+                None => incremental = incremental::plan(&client, &s.params, &s.filter, &p).await?,
             }
             p.lsn
         }
@@ -164,7 +167,8 @@ async fn run(s: Settings, resume: Option<PgPosition>, tx: Tx, acks: watch::Recei
                 return Ok(());
             }
             // Stored now, so changes made while cdc is down are delivered next time.
-            let at = SourceMessage::Commit(Position::Postgres(PgPosition::at(point, point)));
+            let at = PgPosition { captured: Some(s.filter.text().into()), ..PgPosition::at(point, point) };
+            let at = SourceMessage::Commit(Position::Postgres(at));
             if tx.send(Ok(vec![at])).await.is_err() {
                 return Ok(());
             }
@@ -179,6 +183,7 @@ async fn run(s: Settings, resume: Option<PgPosition>, tx: Tx, acks: watch::Recei
         filter: s.filter,
         spill_dir: s.spill_dir,
         db: s.db,
+        incremental,
     };
     stream::run(stream, start, tx, acks).await
 }

@@ -34,15 +34,15 @@ const SEND_ROWS: usize = 512;
 
 /// One range of one table.
 #[derive(Debug, Clone)]
-struct Chunk {
-    table: usize,
+pub(super) struct Chunk {
+    pub table: usize,
     /// WHERE clause (empty: the whole table).
-    filter: String,
+    pub filter: String,
     /// Upper key bound (literals), for progress; None on a table's last chunk.
-    upper: Option<Vec<String>>,
+    pub upper: Option<Vec<String>>,
 }
 
-enum Piece {
+pub(super) enum Piece {
     Rows(Vec<ChangeEvent>),
     End,
 }
@@ -178,6 +178,7 @@ pub async fn run(
     let position = |progress: Option<SnapshotProgress>| {
         SourceMessage::Commit(Position::Postgres(PgPosition {
             snapshot: progress,
+            captured: Some(job.filter.text().into()),
             ..PgPosition::at(job.point, job.point)
         }))
     };
@@ -267,9 +268,7 @@ async fn plan(
             from = to;
         }
     }
-    let keys: Vec<String> = t.table.key.iter().map(|&k| ident(&t.table.columns[k])).collect();
-    let tuple = format!("({})", keys.join(", "));
-    let lits = |v: &[String]| format!("({})", v.join(", "));
+    let (keys, tuple) = key_columns(t);
     let lower = after.filter(|a| a.len() == keys.len());
     let mut bounds_sql = format!(
         "SELECT {} FROM (SELECT {}, row_number() OVER (ORDER BY {}) AS cdc_rn FROM {name}",
@@ -282,18 +281,10 @@ async fn plan(
     }
     bounds_sql.push_str(&format!(") s WHERE cdc_rn % {CHUNK_ROWS} = 0 ORDER BY cdc_rn"));
     let rows = c.query(&bounds_sql, &[]).await.map_err(|e| p.classify(e, "plan snapshot chunks"))?;
-    let typed = |r: &tokio_postgres::Row| -> Vec<String> {
-        t.table
-            .key
-            .iter()
-            .enumerate()
-            .map(|(j, &k)| format!("{}::{}", r.get::<_, String>(j), t.types[k]))
-            .collect()
-    };
     let mut out = Vec::new();
     let mut prev = lower;
     for r in &rows {
-        let upper = typed(r);
+        let upper = typed_key(t, r);
         let mut f = format!("{tuple} <= {}", lits(&upper));
         if let Some(l) = &prev {
             f = format!("{tuple} > {} AND {f}", lits(l));
@@ -306,8 +297,31 @@ async fn plan(
     Ok(out)
 }
 
+/// The quoted key columns of `t` and their SQL tuple `(a, b)`.
+pub(super) fn key_columns(t: &TableInfo) -> (Vec<String>, String) {
+    let keys: Vec<String> = t.table.key.iter().map(|&k| ident(&t.table.columns[k])).collect();
+    let tuple = format!("({})", keys.join(", "));
+    (keys, tuple)
+}
+
+/// Key literals as an SQL tuple.
+pub(super) fn lits(v: &[String]) -> String {
+    format!("({})", v.join(", "))
+}
+
+/// The key of `r` (its first columns, `quote_literal`s rendered by the server) as typed
+/// literals.
+pub(super) fn typed_key(t: &TableInfo, r: &tokio_postgres::Row) -> Vec<String> {
+    t.table
+        .key
+        .iter()
+        .enumerate()
+        .map(|(j, &k)| format!("{}::{}", r.get::<_, String>(j), t.types[k]))
+        .collect()
+}
+
 /// Reads one chunk with COPY into `out`, as `op: "r"` events; false when `out` is closed.
-async fn read(
+pub(super) async fn read(
     c: &Client,
     p: &Params,
     t: &TableInfo,

@@ -16,13 +16,15 @@
 use super::catalog::Types;
 use super::changes::{Decoder, Rel, Rels};
 use super::conn::Params;
+use super::incremental::Incremental;
 use super::pgoutput::{self, Message};
 use super::replication::{CopyMsg, ReplConn};
 use super::streamed::Streams;
 use crate::error::{Error, Result};
 use crate::event::Table;
-use crate::position::format_lsn;
+use crate::position::{IncrementalProgress, PgPosition, Position, format_lsn};
 use crate::source::Filter;
+use crate::source::SourceMessage;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +52,8 @@ pub struct Stream {
     pub spill_dir: std::path::PathBuf,
     /// Database name (the `source.db` of events).
     pub db: String,
+    /// Tables to read alongside the stream, if any.
+    pub incremental: Option<IncrementalProgress>,
 }
 
 /// Streams from `start` until an error; `acks` carries the last stored LSN.
@@ -74,7 +78,11 @@ pub async fn run(
     let (proto, streaming) = super::slot::protocol(conn.server_version);
     tracing::info!(slot = %s.slot, lsn = %format_lsn(start), server = conn.server_version, proto, "streaming from the slot");
     let status_every = status_interval(&client, &s.params).await?;
+    let inc = s.incremental.clone().map(|p| Incremental::start(s.params.clone(), s.filter.clone(), p, &s.db));
     let mut st = State {
+        captured: s.filter.text().into(),
+        inc,
+        last: PgPosition::at(start, start),
         decoder: Decoder::new(&s.db, start),
         rels: HashMap::new(),
         types: Types::default(),
@@ -94,7 +102,12 @@ pub async fn run(
     st.status().await?;
     let mut first = true;
     loop {
-        let due = st.last_status + st.status_every;
+        // While a chunk waits for the stream, the server is asked how far it has sent
+        // every second, so an idle stream passes the chunk's watermark too.
+        let waiting = st.inc.as_ref().is_some_and(Incremental::is_waiting);
+        let every = if waiting { st.status_every.min(Duration::from_secs(1)) } else { st.status_every };
+        let due = st.last_status + every;
+        let wants_chunk = st.inc.as_ref().is_some_and(Incremental::wants_chunk);
         tokio::select! {
             biased;
             // Acknowledgements first: they let the server free WAL.
@@ -106,6 +119,10 @@ pub async fn run(
                 st.status().await?;
             }
             () = tokio::time::sleep_until(due.into()) => st.status().await?,
+            chunk = async { st.inc.as_mut().expect("wants a chunk").next_chunk().await }, if wants_chunk => {
+                chunk?;
+                st.send().await?;
+            }
             m = st.conn.recv() => {
                 if std::mem::take(&mut first) {
                     crate::source::STREAMED.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -147,6 +164,12 @@ async fn status_interval(client: &Client, params: &Params) -> Result<Duration> {
 }
 
 struct State {
+    /// `--tables`/`--exclude-tables` as stored with positions.
+    captured: Arc<str>,
+    /// Tables read alongside the stream.
+    inc: Option<Incremental>,
+    /// The last position sent to the pipeline.
+    last: PgPosition,
     decoder: Decoder,
     rels: Rels,
     types: Types,
@@ -163,10 +186,11 @@ struct State {
 }
 
 impl State {
-    /// Confirms `flushed` to the server.
+    /// Confirms `flushed` to the server (asking for a reply while a chunk waits).
     async fn status(&mut self) -> Result<()> {
         self.last_status = Instant::now();
-        self.conn.send_status(self.flushed, false).await
+        let reply = self.inc.as_ref().is_some_and(Incremental::is_waiting);
+        self.conn.send_status(self.flushed, reply).await
     }
 
     /// A status update when one is due: also while replaying or waiting for the pipeline,
@@ -249,8 +273,26 @@ impl State {
         Ok(Rel { table: Arc::new(table), kinds, captured })
     }
 
-    /// Sends what the decoder produced, confirming to the server while the pipeline is full.
+    /// Sends what the decoder produced (and a chunk read alongside, once the stream passed
+    /// it), confirming to the server while the pipeline is full.
     async fn send(&mut self) -> Result<()> {
+        let out = &mut self.decoder.out;
+        let progress = self.inc.as_ref().and_then(Incremental::progress);
+        for m in out.iter_mut() {
+            if let SourceMessage::Commit(Position::Postgres(p)) = m {
+                p.captured = Some(self.captured.clone());
+                p.incremental.clone_from(&progress);
+                self.last.clone_from(p);
+            }
+        }
+        if let Some(inc) = self.inc.as_mut() {
+            inc.observe(out);
+            let between = !self.decoder.in_transaction();
+            inc.emit(self.decoder.last_position, between, &self.last, &mut self.decoder.out);
+        }
+        if self.decoder.out.is_empty() {
+            return Ok(());
+        }
         let batch = std::mem::take(&mut self.decoder.out);
         let tx = self.tx.clone();
         loop {

@@ -1,0 +1,364 @@
+//! Tables read alongside the stream (a table that starts matching `--tables` between two
+//! runs), read-only: the DBLog watermark idea without a watermark table, as on MySQL
+//! (`source/mysql/incremental.rs`).
+//!
+//! A reader task reads one key-range chunk at a time on its own connection, each in its
+//! own `REPEATABLE READ` transaction whose first statement notes the transaction's snapshot
+//! (which transactions it sees) and the WAL insert position (the high watermark: every
+//! transaction the snapshot sees has its commit record before it). The stream holds the
+//! chunk until it has passed the high watermark and is between transactions, then drops
+//! the rows whose key was last changed by a transaction the snapshot does not see (the
+//! stream's version is newer and was delivered already) and emits the rest as `op: "r"`
+//! with the stream's own position. Visibility is decided by transaction id, not by LSN: a
+//! commit record can be written before its transaction becomes visible, so an LSN low
+//! watermark could keep a row older than a change already streamed.
+
+use super::catalog::{self, TableInfo, Types, quoted};
+use super::conn::Params;
+use super::snapshot::{self, Piece};
+use crate::error::{Error, Result};
+use crate::event::{ChangeEvent, Op, Snapshot, Source, Table, Value};
+use crate::position::{IncrementalProgress, PgPosition, Position};
+use crate::source::{Filter, SourceMessage};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+
+/// Rows per chunk at most (a chunk waits in memory for the stream).
+const CHUNK_ROWS: i64 = 4_096;
+/// Bytes per chunk at most (`pg_column_size` of its rows), a single larger row excepted.
+const CHUNK_BYTES: i64 = 16 << 20;
+
+/// The transactions a snapshot sees, as `txid_current_snapshot()` reports them (32-bit
+/// xids, as pgoutput sends them).
+#[derive(Debug, Clone)]
+struct View {
+    xmin: u32,
+    xmax: u32,
+    xip: Vec<u32>,
+}
+
+/// `a` is older than `b` in the circular xid space (Postgres's `TransactionIdPrecedes`).
+fn precedes(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+impl View {
+    /// Whether the snapshot sees the changes of committed transaction `xid`.
+    fn sees(&self, xid: u32) -> bool {
+        precedes(xid, self.xmin) || (precedes(xid, self.xmax) && !self.xip.contains(&xid))
+    }
+}
+
+/// One chunk read, waiting for the stream to pass `high`.
+pub struct Chunk {
+    table: Arc<Table>,
+    rows: Vec<Vec<Value>>,
+    view: View,
+    high: u64,
+    /// The last key read (typed literals, JSON), or None when the chunk ended its table.
+    last_key: Option<String>,
+}
+
+/// The stream's side: progress, the chunk waiting, and the transaction that last changed
+/// each key of the tables still to read.
+pub struct Incremental {
+    progress: IncrementalProgress,
+    chunks: mpsc::Receiver<Result<Chunk>>,
+    waiting: Option<Chunk>,
+    changed: HashMap<String, u32>,
+    db: Arc<str>,
+}
+
+impl Incremental {
+    /// Starts reading `progress.tables` (the first from after `progress.last_key`).
+    pub fn start(params: Params, filter: Filter, progress: IncrementalProgress, db: &str) -> Incremental {
+        // One chunk read ahead at most: memory stays at a few chunks.
+        let (tx, chunks) = mpsc::channel(1);
+        let plan = progress.clone();
+        tokio::spawn(async move {
+            if let Err(e) = read_chunks(&params, &filter, plan, &tx).await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        tracing::info!(tables = ?progress.tables, "reading tables added to --tables alongside the stream");
+        Incremental { progress, chunks, waiting: None, changed: HashMap::new(), db: db.into() }
+    }
+
+    /// The progress to store with every position.
+    pub fn progress(&self) -> Option<Box<IncrementalProgress>> {
+        (!self.progress.tables.is_empty()).then(|| Box::new(self.progress.clone()))
+    }
+
+    /// True while a chunk is still to come.
+    pub fn wants_chunk(&self) -> bool {
+        self.waiting.is_none() && !self.progress.tables.is_empty()
+    }
+
+    /// True while a chunk waits for the stream.
+    pub fn is_waiting(&self) -> bool {
+        self.waiting.is_some()
+    }
+
+    /// Waits for the next chunk (cancel-safe, for `select!`).
+    pub async fn next_chunk(&mut self) -> Result<()> {
+        match self.chunks.recv().await {
+            Some(chunk) => {
+                self.waiting = Some(chunk?);
+                Ok(())
+            }
+            None => Err(Error::internal("the incremental snapshot reader ended early")),
+        }
+    }
+
+    /// Notes which transaction last changed each key, in `out`, of the tables still to read.
+    pub fn observe(&mut self, out: &[SourceMessage]) {
+        if self.progress.tables.is_empty() {
+            return;
+        }
+        for m in out {
+            let SourceMessage::Change(c) = m else { continue };
+            let Source::Postgres { tx_id, .. } = c.source else { continue };
+            if c.table.key.is_empty() || !self.progress.tables.contains(&c.table.qualified()) {
+                continue;
+            }
+            for image in [&c.before, &c.after].into_iter().flatten() {
+                self.changed.insert(c.table.key_text(image), tx_id);
+            }
+        }
+    }
+
+    /// Emits the waiting chunk into `out` if the stream, at `here` and between
+    /// transactions, has passed its high watermark; `last` is the last position delivered.
+    pub fn emit(&mut self, here: u64, between: bool, last: &PgPosition, out: &mut Vec<SourceMessage>) {
+        match &self.waiting {
+            Some(chunk) if between && here >= chunk.high => {}
+            _ => return,
+        }
+        let chunk = self.waiting.take().expect("checked above");
+        let newer = |key: &String| self.changed.get(key).is_some_and(|&xid| !chunk.view.sees(xid));
+        let (mut kept, mut dropped) = (0usize, 0usize);
+        let ts_ms = crate::encode::now_ms();
+        let source = Source::Postgres {
+            db: self.db.clone(),
+            tx_id: chunk.view.xmin,
+            lsn: last.lsn,
+            last_commit_lsn: None,
+        };
+        for row in chunk.rows {
+            if newer(&chunk.table.key_text(&row)) {
+                dropped += 1;
+                continue;
+            }
+            out.push(SourceMessage::Change(ChangeEvent {
+                table: chunk.table.clone(),
+                op: Op::Read,
+                before: None,
+                after: Some(row),
+                ts_ms,
+                snapshot: Snapshot::Yes,
+                source: source.clone(),
+                transaction: None,
+            }));
+            kept += 1;
+        }
+        // A transaction this chunk's snapshot sees is seen by every later chunk's too.
+        self.changed.retain(|_, xid| !chunk.view.sees(*xid));
+        let table = chunk.table.qualified();
+        tracing::debug!(%table, kept, dropped, "incremental snapshot chunk delivered");
+        match chunk.last_key {
+            Some(k) => self.progress.last_key = Some(k),
+            None => {
+                tracing::info!(%table, "incremental snapshot of table finished");
+                self.progress.tables.remove(0);
+                self.progress.last_key = None;
+            }
+        }
+        let at = PgPosition { incremental: self.progress(), ..last.clone() };
+        out.push(SourceMessage::Commit(Position::Postgres(at)));
+    }
+}
+
+/// What to read alongside the stream when resuming at `resumed`: the tables an interrupted
+/// run was still reading, then every captured table the stored `--tables` did not capture.
+pub async fn plan(
+    client: &Client,
+    params: &Params,
+    filter: &Filter,
+    resumed: &PgPosition,
+) -> Result<Option<IncrementalProgress>> {
+    let mut plan = resumed.incremental.as_deref().cloned().unwrap_or_default();
+    let now: Vec<String> = catalog::captured(client, params, filter)
+        .await?
+        .into_iter()
+        .map(|(_, s, t)| format!("{s}.{t}"))
+        .collect();
+    // A table dropped (or no longer captured) since is not read.
+    if plan.tables.first().is_some_and(|t| !now.contains(t)) {
+        plan.last_key = None;
+    }
+    plan.tables.retain(|t| now.contains(t));
+    // An offset stored before `captured` existed: what it captured is unknown, assume the same.
+    if let Some(before) = resumed.captured.as_deref().map(Filter::from_text) {
+        for name in now {
+            let (schema, table) = name.split_once('.').unwrap_or(("", &name));
+            if !before.captures(schema, table) && !plan.tables.contains(&name) {
+                plan.tables.push(name);
+            }
+        }
+    }
+    Ok((!plan.tables.is_empty()).then_some(plan))
+}
+
+/// Reads the planned tables chunk by chunk, each chunk at its own snapshot.
+async fn read_chunks(
+    params: &Params,
+    filter: &Filter,
+    plan: IncrementalProgress,
+    tx: &mpsc::Sender<Result<Chunk>>,
+) -> Result<()> {
+    let client = params.sql("connect for the incremental snapshot").await?;
+    let tables = catalog::captured(&client, params, filter).await?;
+    let mut types = Types::default();
+    for (i, qualified) in plan.tables.iter().enumerate() {
+        let Some(&(oid, _, _)) = tables.iter().find(|(_, s, t)| format!("{s}.{t}") == *qualified) else {
+            // The next attempt plans without it.
+            return Err(Error::unavailable(format!(
+                "{qualified}, to be read alongside the stream, was dropped or renamed meanwhile: will retry without it"
+            )));
+        };
+        let info = catalog::describe(&client, params, &mut types, oid).await?;
+        if info.table.key.is_empty() {
+            return Err(Error::config(format!(
+                "{qualified} was added to --tables but has no primary key, which reading it alongside the stream \
+                 needs: add one, leave it out, or `cdc offsets reset` for a full snapshot"
+            )));
+        }
+        let mut after = match i {
+            0 => plan.last_key.as_deref().and_then(|k| serde_json::from_str::<Vec<String>>(k).ok()),
+            _ => None,
+        };
+        loop {
+            let chunk = read_one(&client, params, &info, after.as_deref()).await?;
+            after = chunk.last_key.as_deref().and_then(|k| serde_json::from_str(k).ok());
+            let more = chunk.last_key.is_some();
+            if tx.send(Ok(chunk)).await.is_err() {
+                return Ok(());
+            }
+            if !more {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One chunk after key `after`, at a new snapshot: its rows, what the snapshot sees, the
+/// high watermark, and its last key when the table goes on.
+async fn read_one(client: &Client, p: &Params, t: &TableInfo, after: Option<&[String]>) -> Result<Chunk> {
+    let doing = format!("read a chunk of {} alongside the stream", t.table.qualified());
+    let err = |e| p.classify(e, &doing);
+    client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(err)?;
+    // The first statement takes the transaction's snapshot; the insert position read in it
+    // is after the commit record of every transaction the snapshot sees.
+    let row = client
+        .query_one(
+            "SELECT txid_snapshot_xmin(s)::bigint, txid_snapshot_xmax(s)::bigint, \
+             ARRAY(SELECT txid_snapshot_xip(s)::bigint), (pg_current_wal_insert_lsn() - '0/0')::bigint \
+             FROM txid_current_snapshot() s",
+            &[],
+        )
+        .await
+        .map_err(err)?;
+    let xid = |v: i64| v as u32; // the epoch is not in pgoutput's xids
+    let view = View {
+        xmin: xid(row.get(0)),
+        xmax: xid(row.get(1)),
+        xip: row.get::<_, Vec<i64>>(2).into_iter().map(xid).collect(),
+    };
+    let high = page_start(row.get::<_, i64>(3) as u64);
+    let (keys, tuple) = snapshot::key_columns(t);
+    let lower = after.map(|a| format!(" WHERE {tuple} > {}", snapshot::lits(a))).unwrap_or_default();
+    // The chunk's last key, rendered by the server: at most CHUNK_ROWS rows, at most
+    // CHUNK_BYTES (one row at least), and whether the table ends there.
+    let bound = format!(
+        "SELECT {}, cdc_n = cdc_m AND cdc_m < {CHUNK_ROWS} FROM (SELECT {}, count(*) OVER w AS cdc_n, \
+         count(*) OVER () AS cdc_m, sum(pg_column_size(s.*)) OVER w AS cdc_b FROM (SELECT * FROM {}{lower} \
+         ORDER BY {} LIMIT {CHUNK_ROWS}) s WINDOW w AS (ORDER BY {} ROWS UNBOUNDED PRECEDING)) x \
+         WHERE cdc_n = 1 OR cdc_b <= {CHUNK_BYTES} ORDER BY cdc_n DESC LIMIT 1",
+        keys.iter().map(|k| format!("quote_literal({k}::text)")).collect::<Vec<_>>().join(", "),
+        keys.join(", "),
+        quoted(&t.table.schema, &t.table.name),
+        keys.join(", "),
+        keys.join(", "),
+    );
+    let upper = client.query_opt(&bound, &[]).await.map_err(err)?;
+    let mut rows = Vec::new();
+    let mut last_key = None;
+    if let Some(r) = upper {
+        let upper = snapshot::typed_key(t, &r);
+        let ends = r.get::<_, bool>(keys.len());
+        let mut filter = format!("{tuple} <= {}", snapshot::lits(&upper));
+        if let Some(a) = after {
+            filter = format!("{tuple} > {} AND {filter}", snapshot::lits(a));
+        }
+        let chunk = snapshot::Chunk { table: 0, filter, upper: None };
+        let source = Source::Postgres { db: "".into(), tx_id: 0, lsn: 0, last_commit_lsn: None };
+        let (ptx, mut prx) = mpsc::channel(4);
+        // The sender goes with the read, so the collector ends when the read does.
+        let read = async move { snapshot::read(client, p, t, &chunk, &source, &ptx).await };
+        let collect = async {
+            while let Some(piece) = prx.recv().await {
+                match piece? {
+                    Piece::Rows(evs) => rows.extend(evs.into_iter().filter_map(|e| e.after)),
+                    Piece::End => break,
+                }
+            }
+            Ok::<_, Error>(())
+        };
+        let (read, collected) = tokio::join!(read, collect);
+        read?;
+        collected?;
+        if !ends {
+            last_key = serde_json::to_string(&upper).ok();
+        }
+    }
+    client.batch_execute("COMMIT").await.map_err(err)?;
+    Ok(Chunk { table: t.table.clone(), rows, view, high, last_key })
+}
+
+/// An insert position just after a page header is the end of the record that filled the
+/// page before it: the stream's position there is the page boundary.
+fn page_start(lsn: u64) -> u64 {
+    const PAGE: u64 = 8192;
+    const SEGMENT: u64 = 16 << 20;
+    match lsn % PAGE {
+        24 => lsn - 24,
+        40 if lsn % SEGMENT == 40 => lsn - 40,
+        _ => lsn,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_sees_what_committed_before_it_also_across_xid_wraparound() {
+        let v = View { xmin: 100, xmax: 105, xip: vec![100, 103] };
+        assert!(v.sees(99) && v.sees(101) && v.sees(104));
+        assert!(!v.sees(100) && !v.sees(103) && !v.sees(105) && !v.sees(200));
+        let w = View { xmin: u32::MAX - 1, xmax: 5, xip: vec![u32::MAX - 1, 2] };
+        assert!(w.sees(u32::MAX - 2) && w.sees(u32::MAX) && w.sees(3));
+        assert!(!w.sees(u32::MAX - 1) && !w.sees(2) && !w.sees(5));
+    }
+
+    #[test]
+    fn an_insert_position_after_a_page_header_is_the_page_boundary() {
+        assert_eq!(page_start(8192 * 3 + 24), 8192 * 3);
+        assert_eq!(page_start((16 << 20) + 40), 16 << 20);
+        assert_eq!(page_start(8192 * 3 + 40), 8192 * 3 + 40);
+        assert_eq!(page_start(8192 * 3 + 96), 8192 * 3 + 96);
+    }
+}
