@@ -72,6 +72,46 @@ pub struct IncrementalProgress {
     /// Last key delivered of the first table, as the snapshot's `last_key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_key: Option<String>,
+    /// These tables finish an interrupted initial snapshot: the final row read is marked
+    /// `snapshot: "last"`, as the snapshot's would have been.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub initial: bool,
+}
+
+impl IncrementalProgress {
+    /// The rest of the interrupted snapshot `progress`, to be read alongside the stream:
+    /// `left` (the tables it had not finished, in its order), the one it was reading first,
+    /// from after its last key.
+    pub fn continuing(progress: &SnapshotProgress, left: Vec<String>) -> Self {
+        let mut plan = IncrementalProgress { initial: true, ..Default::default() };
+        for name in left {
+            match progress.table.as_deref() == Some(name.as_str()) {
+                true => {
+                    plan.tables.insert(0, name);
+                    plan.last_key.clone_from(&progress.last_key);
+                }
+                false => plan.tables.push(name),
+            }
+        }
+        tracing::info!(
+            chunks = progress.chunks,
+            tables = plan.tables.len(),
+            "continuing the interrupted snapshot alongside the stream"
+        );
+        plan
+    }
+
+    /// Moves past a delivered chunk of the first table, whose last key is `last_key`
+    /// (None: the table is done). True when that ended an initial snapshot.
+    pub fn advance(&mut self, last_key: Option<String>) -> bool {
+        if last_key.is_some() {
+            self.last_key = last_key;
+            return false;
+        }
+        self.tables.remove(0);
+        self.last_key = None;
+        self.initial && self.tables.is_empty()
+    }
 }
 
 /// Where to read from again, and the GTID state there.

@@ -35,6 +35,8 @@ mod pg_support;
 mod pg_tls;
 mod pg_types;
 mod run_loop;
+mod snapshot_crashes;
+mod snapshot_memory;
 mod snapshot_progress;
 mod support;
 mod testbed;

@@ -279,14 +279,16 @@ async fn crash_mid_snapshot_resumes_at_the_last_finished_chunk() {
     sql(&[&format!("UPDATE {db}.t SET v = -1 WHERE id = 199999")]).await;
     let mut cdc = Running::mysql(&dir, &format!("{db}.t"), &[]);
     let evs = cdc
-        .wait_for("the update made during the outage", T, |e| {
+        .wait_for("the update made during the outage and the snapshot's end", T, |e| {
             e.iter().any(|e| e["value"]["op"] == "u" && e["key"]["id"] == 199999)
+                && e.iter().any(|e| e["value"]["source"]["snapshot"] == "last")
         })
         .await;
     let log = cdc.stderr();
     let resumed: u64 = log
-        .split("resumed_chunks=")
-        .nth(1)
+        .lines()
+        .find(|l| l.contains("continuing the interrupted snapshot alongside the stream"))
+        .and_then(|l| l.split(" chunks=").nth(1))
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no resume in the log:\n{log}"));
     assert!(resumed >= 1, "resumed after {resumed} chunks:\n{log}");

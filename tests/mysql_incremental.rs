@@ -6,7 +6,6 @@
 use crate::support::*;
 use mysql_async::prelude::Queryable;
 use serde_json::Value;
-use std::collections::HashMap;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(120);
@@ -25,11 +24,6 @@ async fn writer(db: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>)
         n += 1;
     }
     n
-}
-
-fn id_v(e: &Value) -> Option<(i64, i64)> {
-    let after = &e["value"]["after"];
-    Some((after["id"].as_i64()?, after["v"].as_i64()?))
 }
 
 #[tokio::test]
@@ -98,25 +92,8 @@ async fn a_table_added_to_tables_is_read_alone_alongside_the_stream_and_survives
     let server_id = |i: usize| later[i]["value"]["source"]["server_id"].clone();
     assert!(big_r.iter().all(|&i| server_id(i) == server_id(small_u[0])), "r rows name the server");
 
-    // Per key of big: the versions never go back, and the last one is the table's. A change
-    // sent again after the kill (same source position, row and key) is a duplicate that
-    // at-least-once allows, not a reorder: it is counted once.
-    let mut seen: HashMap<i64, i64> = HashMap::new();
-    let mut delivered = std::collections::HashSet::new();
-    let mut stale = Vec::new();
-    for e in of_table(later, &db, "big") {
-        let Some((id, v)) = id_v(e) else { continue };
-        let s = &e["value"]["source"];
-        if !delivered.insert((s["file"].to_string(), s["pos"].to_string(), s["row"].to_string(), id, v)) {
-            continue;
-        }
-        if let Some(&prev) = seen.get(&id)
-            && v < prev
-        {
-            stale.push((id, prev, v, e["value"]["op"].clone()));
-        }
-        seen.insert(id, v);
-    }
+    // Per key of big: versions never go back, and the last is the table's.
+    let Versions { last: seen, stale, .. } = versions(&of_table(later, &db, "big"));
     assert!(
         stale.is_empty(),
         "{} keys got an older version after a newer: {:?}",

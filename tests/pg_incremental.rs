@@ -5,7 +5,7 @@
 use crate::pg_support::*;
 use crate::support::*;
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -92,24 +92,8 @@ async fn a_table_added_to_tables_is_read_alone_alongside_the_stream_and_survives
     let (from, to) = (big_r[0], *big_r.last().unwrap());
     assert!(small_u.iter().any(|&i| i > from && i < to), "no streamed change while big was read");
 
-    // Per key of big: versions never go back, and the last is the table's. A change sent
-    // again after the kill (same source position, transaction and key) is a duplicate that
-    // at-least-once allows, not a reorder: it is counted once.
-    let (mut seen, mut delivered, mut stale) = (HashMap::new(), HashSet::new(), Vec::new());
-    for e in of_pg_table(later, &name, "big") {
-        let after = &e["value"]["after"];
-        let (Some(id), Some(v)) = (after["id"].as_i64(), after["v"].as_i64()) else { continue };
-        let s = &e["value"]["source"];
-        if !delivered.insert((s["lsn"].to_string(), s["txId"].to_string(), id, v)) {
-            continue;
-        }
-        if let Some(&prev) = seen.get(&id)
-            && v < prev
-        {
-            stale.push((id, prev, v, e["value"]["op"].clone()));
-        }
-        seen.insert(id, v);
-    }
+    // Per key of big: versions never go back, and the last is the table's.
+    let Versions { last: seen, stale, .. } = versions(&of_pg_table(later, &name, "big"));
     assert!(
         stale.is_empty(),
         "{} keys got an older version after a newer: {:?}",

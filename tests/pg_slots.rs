@@ -182,6 +182,8 @@ async fn an_interrupted_snapshot_resumes_after_its_last_chunk() {
     .await;
     let mut cdc = Running::postgres(&dir, &name, &tables, &["--snapshot-parallelism", "1"]);
     cdc.wait_log("streaming from the slot", Duration::from_secs(120)).await;
+    // The snapshot goes on alongside the stream: the marker comes after its end.
+    cdc.wait_log("snapshot finished", Duration::from_secs(120)).await;
     pg_sql(&[&format!("INSERT INTO {name}.t VALUES (0, 0, 'end')")]).await;
     let evs = cdc.wait_for("the end marker", T, |e| e.iter().any(|e| e["key"] == json!({"id": 0}))).await;
     let reads = evs.iter().filter(|e| e["value"]["op"] == "r").count();

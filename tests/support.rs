@@ -268,3 +268,73 @@ pub async fn write_changes(db: String, from: i64, n: i64, pause: Duration) -> Ve
     }
     done
 }
+
+/// Per key (`after.id`), the versions (`after.v`) of events in delivery order: the last
+/// version of each key, and every `(id, newer, older, op)` where an older version came after
+/// a newer one. A change sent again after a crash (same source position, key and version) is
+/// a duplicate that at-least-once allows, not a reorder: it is counted once.
+#[derive(Default)]
+pub struct Versions {
+    pub last: std::collections::HashMap<i64, i64>,
+    pub stale: Vec<(i64, i64, i64, Value)>,
+    delivered: std::collections::HashSet<u64>,
+}
+
+impl Versions {
+    pub fn add(&mut self, e: &Value) {
+        use std::hash::{Hash, Hasher};
+        let after = &e["value"]["after"];
+        let (Some(id), Some(v)) = (after["id"].as_i64(), after["v"].as_i64()) else { return };
+        let s = &e["value"]["source"];
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for f in ["file", "pos", "row", "lsn", "txId"] {
+            s[f].to_string().hash(&mut h);
+        }
+        (id, v).hash(&mut h);
+        if !self.delivered.insert(h.finish()) {
+            return;
+        }
+        if let Some(&prev) = self.last.get(&id)
+            && v < prev
+        {
+            self.stale.push((id, prev, v, e["value"]["op"].clone()));
+        }
+        self.last.insert(id, v);
+    }
+}
+
+/// The [`Versions`] of `evs`.
+pub fn versions(evs: &[&Value]) -> Versions {
+    let mut v = Versions::default();
+    evs.iter().for_each(|e| v.add(e));
+    v
+}
+
+/// Counts occurrences of `needle` in the whole lines appended to a JSON-lines file, reading
+/// only what was added since the last call.
+pub struct Occurrences {
+    path: PathBuf,
+    needle: &'static [u8],
+    offset: u64,
+    /// Occurrences counted so far.
+    pub count: usize,
+}
+
+impl Occurrences {
+    pub fn new(path: &Path, needle: &'static str) -> Occurrences {
+        Occurrences { path: path.to_path_buf(), needle: needle.as_bytes(), offset: 0, count: 0 }
+    }
+
+    /// Counts in the whole lines added since the last call.
+    pub fn poll(&mut self) -> usize {
+        use std::io::{Read, Seek};
+        let Ok(mut f) = std::fs::File::open(&self.path) else { return self.count };
+        f.seek(std::io::SeekFrom::Start(self.offset)).unwrap();
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).unwrap();
+        let Some(end) = buf.iter().rposition(|&b| b == b'\n') else { return self.count };
+        self.count += buf[..end].windows(self.needle.len()).filter(|w| *w == self.needle).count();
+        self.offset += end as u64 + 1;
+        self.count
+    }
+}

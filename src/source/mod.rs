@@ -32,6 +32,25 @@ pub enum SourceMessage {
 /// What a source's reader task sends: messages in order, batched.
 pub type BatchSender = tokio::sync::mpsc::Sender<Result<Vec<SourceMessage>>>;
 
+/// A batch of at least this many bytes holds large rows (a snapshot cuts its batches at
+/// 256 KiB, or one row).
+pub const LARGE_BATCH: usize = 256 << 10;
+/// Large batches queued in a channel at most: 64 slots of one 1 MB row each would hold
+/// 64 MB.
+const LARGE_QUEUED: usize = 8;
+
+/// Sends `batch` of about `bytes`; a large one first waits until at most [`LARGE_QUEUED`]
+/// batches are queued, so memory does not grow with the row size. False when the pipeline
+/// is gone. (Polling the free capacity: a channel has no wait for "nearly empty".)
+pub async fn send_sized(tx: &BatchSender, batch: Vec<SourceMessage>, bytes: usize) -> bool {
+    if bytes >= LARGE_BATCH {
+        while tx.max_capacity() - tx.capacity() >= LARGE_QUEUED && !tx.is_closed() {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+    tx.send(Ok(batch)).await.is_ok()
+}
+
 /// The pipeline's end of a reader task's channel: yields its messages one by one.
 pub struct Batches {
     rx: tokio::sync::mpsc::Receiver<Result<Vec<SourceMessage>>>,
@@ -61,6 +80,17 @@ impl Batches {
                 }
             }
         }
+    }
+}
+
+/// Marks the newest row event of `out` as the snapshot's last.
+pub fn mark_last(out: &mut [SourceMessage]) {
+    let last = out.iter_mut().rev().find_map(|m| match m {
+        SourceMessage::Change(c) => Some(c),
+        _ => None,
+    });
+    if let Some(c) = last {
+        c.snapshot = crate::event::Snapshot::Last;
     }
 }
 

@@ -119,6 +119,11 @@ impl Shape {
     /// then for each ENUM/SET key column its index; ordered by the chunk index, limited to
     /// [`Shape::chunk_rows`]. A table without such an index is selected whole.
     pub fn sql(&self, after: bool) -> String {
+        self.sql_limit(after, self.chunk_rows)
+    }
+
+    /// As [`Shape::sql`], `limit` rows at most.
+    pub fn sql_limit(&self, after: bool, limit: u64) -> String {
         let mut list: Vec<String> = self.cols.iter().map(|c| ident(&c.name)).collect();
         let key: Vec<&Col> = self.key().iter().map(|&i| &self.cols[i]).collect();
         list.extend(key.iter().filter(|c| c.by_index()).map(|c| format!("{} + 0", ident(&c.name))));
@@ -139,7 +144,7 @@ impl Shape {
             sql.push_str(&format!(" WHERE {}", terms.join(" OR ")));
         }
         let by: Vec<String> = key.iter().map(|c| ident(&c.name)).collect();
-        sql.push_str(&format!(" ORDER BY {} LIMIT {}", by.join(", "), self.chunk_rows));
+        sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", by.join(", ")));
         sql
     }
 

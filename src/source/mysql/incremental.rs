@@ -16,7 +16,7 @@ use super::classify;
 use super::snapshot::map_row;
 use crate::error::{Error, Result};
 use crate::event::{ChangeEvent, Op, Snapshot, Source, Table, Value};
-use crate::position::{BinlogPosition, IncrementalProgress, Position};
+use crate::position::{BinlogPosition, IncrementalProgress, Position, SnapshotProgress};
 use crate::source::SourceMessage;
 use mysql_async::prelude::Queryable;
 use std::collections::HashMap;
@@ -156,13 +156,12 @@ impl Incremental {
         self.floor = Some(chunk.low);
         let table = chunk.table.qualified();
         tracing::debug!(%table, kept, dropped, "incremental snapshot chunk delivered");
-        match chunk.last_key {
-            Some(k) => self.progress.last_key = Some(k),
-            None => {
-                tracing::info!(%table, "incremental snapshot of table finished");
-                self.progress.tables.remove(0);
-                self.progress.last_key = None;
-            }
+        if chunk.last_key.is_none() {
+            tracing::info!(%table, "incremental snapshot of table finished");
+        }
+        if self.progress.advance(chunk.last_key) && kept > 0 {
+            crate::source::mark_last(out);
+            tracing::info!("snapshot finished");
         }
         let mut at = last.clone();
         at.incremental = self.progress();
@@ -191,6 +190,33 @@ pub async fn plan(
         let _ = conn.disconnect().await;
     }
     Ok((!plan.tables.is_empty()).then_some(plan))
+}
+
+/// An interrupted initial snapshot, continued alongside the stream: the tables it had not
+/// finished, the current one from after its last key, so that rows read now are held and
+/// filtered like any other chunk and no key gets an older version after a newer one. None
+/// when one of them has no key to read it by (the snapshot then goes on at a new consistent
+/// read, as before).
+pub async fn continue_snapshot(
+    opts: &mysql_async::Opts,
+    filter: &super::Filter,
+    progress: &SnapshotProgress,
+) -> Result<Option<IncrementalProgress>> {
+    let mut conn = mysql_async::Conn::new(opts.clone()).await.map_err(|e| classify(e, opts, "connect"))?;
+    let mut left = Vec::new();
+    for (db, table) in super::captured_tables(&mut conn, filter).await? {
+        let name = format!("{db}.{table}");
+        if progress.done.contains(&name) {
+            continue;
+        }
+        if chunk::shape(&mut conn, &db, &table).await?.order == Order::Scan {
+            let _ = conn.disconnect().await;
+            return Ok(None);
+        }
+        left.push(name);
+    }
+    let _ = conn.disconnect().await;
+    Ok(Some(IncrementalProgress::continuing(progress, left)))
 }
 
 /// Reads the planned tables chunk by chunk, each chunk in its own consistent read.
@@ -247,15 +273,21 @@ async fn read_one(
     let err = |e| classify(e, &opts, &format!("read a chunk of {qualified}"));
     let marks = watermark(conn).await?;
     let params = after.map(|b| shape.params(b)).unwrap_or_default();
-    let mut result = conn.exec_iter(shape.sql(after.is_some()), params).await.map_err(err)?;
-    let (mut rows, mut last) = (Vec::new(), None);
+    // One row more than a chunk says whether the table goes on (so that no chunk is empty but
+    // an empty table's, and an initial snapshot's final row can be marked).
+    let sql = shape.sql_limit(after.is_some(), shape.chunk_rows + 1);
+    let mut result = conn.exec_iter(sql, params).await.map_err(err)?;
+    let (mut rows, mut last, mut more) = (Vec::new(), None, false);
     while let Some(row) = result.next().await.map_err(err)? {
+        if rows.len() as u64 == shape.chunk_rows {
+            more = true;
+            continue;
+        }
         last = Some(shape.boundary(&row));
         rows.push(map_row(row, shape.cols.len(), &qualified)?.0);
     }
     drop(result);
     conn.query_drop("COMMIT").await.map_err(err)?;
-    let more = rows.len() as u64 >= shape.chunk_rows;
     Ok((rows, marks, last.filter(|_| more)))
 }
 

@@ -181,6 +181,17 @@ async fn run(
     resume: Option<BinlogPosition>,
     tx: Tx,
 ) -> Result<()> {
+    // An interrupted snapshot goes on alongside the stream from its start position (unless
+    // the run ends after the snapshot, or a table left has no key: it goes on at a new
+    // consistent read then).
+    let mut resume = resume;
+    if let Some(p) = resume.as_mut().filter(|_| mode == SnapshotMode::Initial)
+        && let Some(progress) = p.snapshot.as_ref()
+        && let Some(plan) = incremental::continue_snapshot(&opts, &filter, progress).await?
+    {
+        p.snapshot = None;
+        p.incremental = Some(Box::new(plan)).filter(|p| !p.tables.is_empty());
+    }
     let needs_snapshot = match &resume {
         None => mode != SnapshotMode::Never,
         Some(p) => p.snapshot.is_some(),

@@ -2,13 +2,15 @@
 //! binlog position it reflects, emitted as `op: "r"` events, chunked by primary key.
 //!
 //! Position: MariaDB gives it without a lock (`START TRANSACTION WITH CONSISTENT SNAPSHOT` +
-//! `binlog_snapshot_file/position`); MySQL needs a brief `FLUSH TABLES WITH READ LOCK`
-//! around the transaction start. Streaming then starts at exactly that position.
+//! `binlog_snapshot_file/position`); MySQL needs a brief `LOCK TABLES ... READ` on the
+//! captured tables around the transaction start. Streaming then starts at exactly that
+//! position.
 //!
 //! Resume: after each chunk a `Commit` carries the snapshot's binlog position plus the
-//! progress (tables done, last key read). After a crash the snapshot continues after that
-//! key in a new transaction, and streaming still starts at the first snapshot's position,
-//! so no change is missed; rows of the remaining chunks may be followed by older streamed
+//! progress (tables done, last key read). After a crash the remaining chunks are read
+//! alongside the stream from the first snapshot's position (`incremental.rs`); only with
+//! `initial-only` or a keyless table left does the snapshot continue here, after that key in
+//! a new transaction: rows of the remaining chunks may then be followed by older streamed
 //! versions of themselves until the stream catches up (the last event per key is right).
 
 use super::chunk::{self, CHUNK_ROWS, Order, Shape};
@@ -30,7 +32,7 @@ use std::time::{Duration, Instant};
 pub const SEND_ROWS: usize = 256;
 /// Row bytes per channel message at most: with the channel's bound, what large rows can
 /// hold in memory between the reader and the pipeline.
-const SEND_BYTES: usize = 256 << 10;
+const SEND_BYTES: usize = crate::source::LARGE_BATCH;
 /// Seconds one attempt to lock the captured tables (MySQL) may wait.
 const LOCK_WAIT_SECS: u32 = 2;
 /// Attempts to lock before the snapshot gives up (and the run is retried).
@@ -94,9 +96,9 @@ impl Emitter<'_> {
     }
 
     async fn flush(&mut self) -> bool {
-        self.out_bytes = 0;
+        let bytes = std::mem::take(&mut self.out_bytes);
         let batch = std::mem::replace(&mut self.out, Vec::with_capacity(SEND_ROWS + 2));
-        batch.is_empty() || self.tx.send(Ok(batch)).await.is_ok()
+        batch.is_empty() || crate::source::send_sized(self.tx, batch, bytes).await
     }
 
     /// A chunk is complete; its progress is stored once the held row is sent.

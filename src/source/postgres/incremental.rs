@@ -18,7 +18,7 @@ use super::conn::Params;
 use super::snapshot::{self, Piece};
 use crate::error::{Error, Result};
 use crate::event::{ChangeEvent, Op, Snapshot, Source, Table, Value};
-use crate::position::{IncrementalProgress, PgPosition, Position};
+use crate::position::{IncrementalProgress, PgPosition, Position, SnapshotProgress};
 use crate::source::{Filter, SourceMessage};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -167,13 +167,12 @@ impl Incremental {
         self.changed.retain(|_, xid| !chunk.view.sees(*xid));
         let table = chunk.table.qualified();
         tracing::debug!(%table, kept, dropped, "incremental snapshot chunk delivered");
-        match chunk.last_key {
-            Some(k) => self.progress.last_key = Some(k),
-            None => {
-                tracing::info!(%table, "incremental snapshot of table finished");
-                self.progress.tables.remove(0);
-                self.progress.last_key = None;
-            }
+        if chunk.last_key.is_none() {
+            tracing::info!(%table, "incremental snapshot of table finished");
+        }
+        if self.progress.advance(chunk.last_key) && kept > 0 {
+            crate::source::mark_last(out);
+            tracing::info!("snapshot finished");
         }
         let at = PgPosition { incremental: self.progress(), ..last.clone() };
         out.push(SourceMessage::Commit(Position::Postgres(at)));
@@ -209,6 +208,31 @@ pub async fn plan(
         }
     }
     Ok((!plan.tables.is_empty()).then_some(plan))
+}
+
+/// An interrupted initial snapshot, continued alongside the stream: the tables it had not
+/// finished, the current one from after its last key, so that rows read now are held and
+/// filtered like any other chunk and no key gets an older version after a newer one. None
+/// when one of them has no primary key (the snapshot then goes on at a new snapshot).
+pub async fn continue_snapshot(
+    client: &Client,
+    params: &Params,
+    filter: &Filter,
+    progress: &SnapshotProgress,
+) -> Result<Option<IncrementalProgress>> {
+    let mut left = Vec::new();
+    let mut types = Types::default();
+    for (oid, schema, table) in catalog::captured(client, params, filter).await? {
+        let name = format!("{schema}.{table}");
+        if progress.done.contains(&name) {
+            continue;
+        }
+        if catalog::describe(client, params, &mut types, oid).await?.table.key.is_empty() {
+            return Ok(None);
+        }
+        left.push(name);
+    }
+    Ok(Some(IncrementalProgress::continuing(progress, left)))
 }
 
 /// Reads the planned tables chunk by chunk, each chunk at its own snapshot.
@@ -281,16 +305,18 @@ async fn read_one(client: &Client, p: &Params, t: &TableInfo, after: Option<&[St
     let (keys, tuple) = snapshot::key_columns(t);
     let lower = after.map(|a| format!(" WHERE {tuple} > {}", snapshot::lits(a))).unwrap_or_default();
     // The chunk's last key, rendered by the server: at most CHUNK_ROWS rows, at most
-    // CHUNK_BYTES (one row at least), and whether the table ends there.
+    // CHUNK_BYTES (one row at least), and whether the table ends there (so that its final
+    // row can be marked, no chunk is empty but an empty table's).
     let bound = format!(
-        "SELECT {}, cdc_n = cdc_m AND cdc_m < {CHUNK_ROWS} FROM (SELECT {}, count(*) OVER w AS cdc_n, \
-         count(*) OVER () AS cdc_m, sum(pg_column_size(s.*)) OVER w AS cdc_b FROM (SELECT * FROM {}{lower} \
-         ORDER BY {} LIMIT {CHUNK_ROWS}) s WINDOW w AS (ORDER BY {} ROWS UNBOUNDED PRECEDING)) x \
-         WHERE cdc_n = 1 OR cdc_b <= {CHUNK_BYTES} ORDER BY cdc_n DESC LIMIT 1",
+        "SELECT {}, cdc_n = cdc_m FROM (SELECT {}, count(*) OVER w AS cdc_n, count(*) OVER () AS cdc_m, \
+         sum(pg_column_size(s.*)) OVER w AS cdc_b FROM (SELECT * FROM {}{lower} ORDER BY {} LIMIT {}) s \
+         WINDOW w AS (ORDER BY {} ROWS UNBOUNDED PRECEDING)) x \
+         WHERE (cdc_n = 1 OR cdc_b <= {CHUNK_BYTES}) AND cdc_n <= {CHUNK_ROWS} ORDER BY cdc_n DESC LIMIT 1",
         keys.iter().map(|k| format!("quote_literal({k}::text)")).collect::<Vec<_>>().join(", "),
         keys.join(", "),
         quoted(&t.table.schema, &t.table.name),
         keys.join(", "),
+        CHUNK_ROWS + 1, // one more row than a chunk: whether the table ends with it
         keys.join(", "),
     );
     let upper = client.query_opt(&bound, &[]).await.map_err(err)?;
@@ -311,7 +337,7 @@ async fn read_one(client: &Client, p: &Params, t: &TableInfo, after: Option<&[St
         let collect = async {
             while let Some(piece) = prx.recv().await {
                 match piece? {
-                    Piece::Rows(evs) => rows.extend(evs.into_iter().filter_map(|e| e.after)),
+                    Piece::Rows(evs, _) => rows.extend(evs.into_iter().filter_map(|e| e.after)),
                     Piece::End => break,
                 }
             }

@@ -7,8 +7,9 @@
 //! - none: create the publication (if missing) and the slot with `SNAPSHOT 'export'` (an
 //!   existing slot of that name is dropped first: its changes cannot be paired with a new
 //!   snapshot), read the snapshot, stream from the slot's consistent point;
-//! - a snapshot in progress: read the remaining chunks at a new snapshot, stream from the
-//!   consistent point;
+//! - a snapshot in progress: stream from the consistent point and read the remaining chunks
+//!   alongside it (`incremental.rs`), or, with `initial-only` or a keyless table left, at a
+//!   new snapshot first;
 //! - a position: check the slot still has it (else 66), stream from it.
 
 pub mod catalog;
@@ -115,6 +116,17 @@ async fn run(s: Settings, resume: Option<PgPosition>, tx: Tx, acks: watch::Recei
     };
     let end = || async { tx.send(Ok(vec![SourceMessage::End])).await.is_ok() };
     let mut incremental = None;
+    // An interrupted snapshot goes on alongside the stream from the consistent point (unless
+    // the run ends after the snapshot, or a table left has no primary key: it goes on at a
+    // new snapshot then).
+    let mut resume = resume;
+    if let Some(p) = resume.as_mut().filter(|_| s.mode == SnapshotMode::Initial)
+        && let Some(progress) = p.snapshot.as_ref()
+        && let Some(plan) = incremental::continue_snapshot(&client, &s.params, &s.filter, progress).await?
+    {
+        p.snapshot = None;
+        p.incremental = Some(Box::new(plan)).filter(|p| !p.tables.is_empty());
+    }
     let start = match resume {
         Some(p) => {
             slot::check_resume(info.as_ref(), &s.slot, &s.db, p.lsn)?;

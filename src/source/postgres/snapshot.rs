@@ -6,9 +6,11 @@
 //! a primary key in key ranges whose bounds the server renders as literals, one without in
 //! `ctid` page ranges (PG 14+). Chunk *i* is read by connection *i mod n* and chunks are
 //! emitted in order, so progress after a chunk is a prefix: the tables done and the last
-//! key bound. After a crash the remaining chunks are read at a new snapshot while
-//! streaming still starts at the consistent point: rows read then may be followed by older
-//! streamed versions of themselves, and the last event per key is right.
+//! key bound. After a crash the remaining chunks are read alongside the stream
+//! (`incremental.rs`); only with `initial-only` or a keyless table left are they read here
+//! at a new snapshot while streaming still starts at the consistent point: rows read then
+//! may be followed by older streamed versions of themselves, and the last event per key is
+//! right.
 
 use super::catalog::{self, TableInfo, Types, ident, quoted};
 use super::conn::Params;
@@ -29,8 +31,11 @@ use tokio_postgres::Client;
 pub const CHUNK_ROWS: i64 = 20_000;
 /// Heap pages per `ctid` chunk of a table without a primary key.
 const CHUNK_PAGES: i64 = 2_000;
-/// Rows per message to the pipeline.
+/// Rows per message to the pipeline, at most.
 const SEND_ROWS: usize = 512;
+/// Bytes (of COPY text) per message, at most (a single larger row excepted): with rows of
+/// a megabyte, memory stays a few of them per reader and channel slot.
+const SEND_BYTES: usize = crate::source::LARGE_BATCH;
 
 /// One range of one table.
 #[derive(Debug, Clone)]
@@ -43,7 +48,8 @@ pub(super) struct Chunk {
 }
 
 pub(super) enum Piece {
-    Rows(Vec<ChangeEvent>),
+    /// Rows and their size in COPY text.
+    Rows(Vec<ChangeEvent>, usize),
     End,
 }
 
@@ -188,7 +194,7 @@ pub async fn run(
                 .recv()
                 .await
                 .ok_or_else(|| Error::internal("a snapshot reader ended early"))??;
-            let Piece::Rows(rows) = piece else { break };
+            let Piece::Rows(rows, bytes) = piece else { break };
             meter.rows(&tables[c.table].table.qualified(), rows.len() as u64);
             for ev in rows {
                 if let Some(prev) = held.replace(ev) {
@@ -196,7 +202,8 @@ pub async fn run(
                 }
                 out.extend(held_commit.take());
             }
-            if out.len() >= SEND_ROWS && tx.send(Ok(std::mem::take(&mut out))).await.is_err() {
+            // Pieces are bounded in rows and bytes: each goes on as it is.
+            if !out.is_empty() && !crate::source::send_sized(tx, std::mem::take(&mut out), bytes).await {
                 return Ok(false);
             }
         }
@@ -339,15 +346,20 @@ pub(super) async fn read(
     let doing = format!("read {} for the snapshot", t.table.qualified());
     let stream = c.copy_out(sql.as_str()).await.map_err(|e| p.classify(e, &doing))?;
     futures::pin_mut!(stream);
-    let (mut rows, mut carry) = (Vec::with_capacity(SEND_ROWS), Vec::<u8>::new());
+    let (mut rows, mut carry, mut bytes) = (Vec::with_capacity(SEND_ROWS), Vec::<u8>::new(), 0);
+    // Bytes at the start of `carry` already searched for a newline (a row split across
+    // messages is not searched again from its start).
+    let mut searched = 0;
     let ts_ms = now_ms();
     while let Some(data) = stream.next().await {
         let data = data.map_err(|e| p.classify(e, &doing))?;
         carry.extend_from_slice(&data);
         let mut start = 0;
-        while let Some(n) = carry[start..].iter().position(|&b| b == b'\n') {
-            let row = decode_line(t, &carry[start..start + n])?;
-            start += n + 1;
+        while let Some(n) = carry[start.max(searched)..].iter().position(|&b| b == b'\n') {
+            let end = start.max(searched) + n;
+            let row = decode_line(t, &carry[start..end])?;
+            bytes += end - start;
+            start = end + 1;
             rows.push(ChangeEvent {
                 table: t.table.clone(),
                 op: Op::Read,
@@ -358,14 +370,17 @@ pub(super) async fn read(
                 source: source.clone(),
                 transaction: None,
             });
-            if rows.len() >= SEND_ROWS && out.send(Ok(Piece::Rows(std::mem::take(&mut rows)))).await.is_err()
-            {
-                return Ok(false);
+            if rows.len() >= SEND_ROWS || bytes >= SEND_BYTES {
+                let piece = Piece::Rows(std::mem::take(&mut rows), std::mem::take(&mut bytes));
+                if out.send(Ok(piece)).await.is_err() {
+                    return Ok(false);
+                }
             }
         }
         carry.drain(..start);
+        searched = carry.len();
     }
-    if !rows.is_empty() && out.send(Ok(Piece::Rows(rows))).await.is_err() {
+    if !rows.is_empty() && out.send(Ok(Piece::Rows(rows, bytes))).await.is_err() {
         return Ok(false);
     }
     Ok(out.send(Ok(Piece::End)).await.is_ok())
