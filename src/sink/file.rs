@@ -36,7 +36,7 @@ impl LinesSink {
         let open_err = |e| {
             Error::config(format!("cannot open --file-path {} for appending", path.display())).with_source(e)
         };
-        let file = File::options().create(true).read(true).append(true).open(path).map_err(open_err)?;
+        let file = File::options().create(true).append(true).open(path).map_err(open_err)?;
         let len = match file.metadata().map_err(open_err)?.is_file() {
             true => Some(untorn(&file, path)?),
             false => None,
@@ -45,17 +45,25 @@ impl LinesSink {
     }
 }
 
-/// Truncates what follows the last newline of `file` (a line cut by a crash) and returns the
-/// length kept.
+/// Truncates what follows the last newline of regular file `file` (a line cut by a crash)
+/// and returns the length kept. The search reads through a second, read-only handle: the
+/// sink's own stays append-only. A file cdc may write but not read is not repaired (warned).
 fn untorn(file: &File, path: &Path) -> Result<u64> {
     use std::os::unix::fs::FileExt;
     let err = |e| Error::config(format!("cannot repair --file-path {}", path.display())).with_source(e);
     let len = file.metadata().map_err(err)?.len();
+    let reader = match File::open(path) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the file sink's file: a line cut by a crash would stay");
+            return Ok(len);
+        }
+    };
     let (mut end, mut buf) = (len, vec![0u8; 64 << 10]);
     let keep = loop {
         let start = end.saturating_sub(buf.len() as u64);
         let part = &mut buf[..(end - start) as usize];
-        file.read_exact_at(part, start).map_err(err)?;
+        reader.read_exact_at(part, start).map_err(err)?;
         if let Some(i) = part.iter().rposition(|&b| b == b'\n') {
             break start + i as u64 + 1;
         }

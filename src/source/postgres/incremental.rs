@@ -27,8 +27,12 @@ use tokio_postgres::Client;
 
 /// Rows per chunk at most (a chunk waits in memory for the stream).
 const CHUNK_ROWS: i64 = 4_096;
-/// Bytes per chunk at most (`pg_column_size` of its rows), a single larger row excepted.
-const CHUNK_BYTES: i64 = 16 << 20;
+/// Bytes per chunk (COPY text) aimed at: the next chunk's row count follows the bytes per
+/// row of the last one, starting small, so memory stays bounded for rows of any size
+/// without the server measuring (and detoasting) rows it does not send.
+const CHUNK_BYTES: usize = 16 << 20;
+/// Rows in a table's first chunk.
+const FIRST_ROWS: i64 = 16;
 
 /// The transactions a snapshot sees, as `txid_current_snapshot()` reports them (32-bit
 /// xids, as pgoutput sends them).
@@ -68,6 +72,8 @@ pub struct Incremental {
     chunks: mpsc::Receiver<Result<Chunk>>,
     waiting: Option<Chunk>,
     changed: HashMap<String, u32>,
+    /// The snapshot of the last chunk emitted.
+    floor: Option<View>,
     db: Arc<str>,
 }
 
@@ -83,7 +89,7 @@ impl Incremental {
             }
         });
         tracing::info!(tables = ?progress.tables, "reading tables added to --tables alongside the stream");
-        Incremental { progress, chunks, waiting: None, changed: HashMap::new(), db: db.into() }
+        Incremental { progress, chunks, waiting: None, changed: HashMap::new(), floor: None, db: db.into() }
     }
 
     /// The progress to store with every position.
@@ -112,7 +118,9 @@ impl Incremental {
         }
     }
 
-    /// Notes which transaction last changed each key, in `out`, of the tables still to read.
+    /// Notes which transaction last changed each key, in `out`, of the tables still to read
+    /// (a TRUNCATE under the table's own name: it changes every key). A transaction the
+    /// last emitted chunk's snapshot saw is seen by every later one: it is not noted.
     pub fn observe(&mut self, out: &[SourceMessage]) {
         if self.progress.tables.is_empty() {
             return;
@@ -120,8 +128,14 @@ impl Incremental {
         for m in out {
             let SourceMessage::Change(c) = m else { continue };
             let Source::Postgres { tx_id, .. } = c.source else { continue };
-            if c.table.key.is_empty() || !self.progress.tables.contains(&c.table.qualified()) {
+            if c.table.key.is_empty()
+                || self.floor.as_ref().is_some_and(|v| v.sees(tx_id))
+                || !self.progress.tables.contains(&c.table.qualified())
+            {
                 continue;
+            }
+            if c.op == Op::Truncate {
+                self.changed.insert(c.table.qualified(), tx_id);
             }
             for image in [&c.before, &c.after].into_iter().flatten() {
                 self.changed.insert(c.table.key_text(image), tx_id);
@@ -138,6 +152,8 @@ impl Incremental {
         }
         let chunk = self.waiting.take().expect("checked above");
         let newer = |key: &String| self.changed.get(key).is_some_and(|&xid| !chunk.view.sees(xid));
+        // Truncated after the chunk's snapshot: none of its rows exists any more.
+        let truncated = newer(&chunk.table.qualified());
         let (mut kept, mut dropped) = (0usize, 0usize);
         let ts_ms = crate::encode::now_ms();
         let source = Source::Postgres {
@@ -147,7 +163,7 @@ impl Incremental {
             last_commit_lsn: None,
         };
         for row in chunk.rows {
-            if newer(&chunk.table.key_text(&row)) {
+            if truncated || newer(&chunk.table.key_text(&row)) {
                 dropped += 1;
                 continue;
             }
@@ -165,6 +181,7 @@ impl Incremental {
         }
         // A transaction this chunk's snapshot sees is seen by every later chunk's too.
         self.changed.retain(|_, xid| !chunk.view.sees(*xid));
+        self.floor = Some(chunk.view.clone());
         let table = chunk.table.qualified();
         tracing::debug!(%table, kept, dropped, "incremental snapshot chunk delivered");
         if chunk.last_key.is_none() {
@@ -263,8 +280,10 @@ async fn read_chunks(
             0 => plan.last_key.as_deref().and_then(|k| serde_json::from_str::<Vec<String>>(k).ok()),
             _ => None,
         };
+        let mut limit = FIRST_ROWS;
         loop {
-            let chunk = read_one(&client, params, &info, after.as_deref()).await?;
+            let (chunk, bytes) = read_one(&client, params, &info, after.as_deref(), limit).await?;
+            limit = next_limit(limit, chunk.rows.len(), bytes);
             after = chunk.last_key.as_deref().and_then(|k| serde_json::from_str(k).ok());
             let more = chunk.last_key.is_some();
             if tx.send(Ok(chunk)).await.is_err() {
@@ -278,9 +297,23 @@ async fn read_chunks(
     Ok(())
 }
 
-/// One chunk after key `after`, at a new snapshot: its rows, what the snapshot sees, the
-/// high watermark, and its last key when the table goes on.
-async fn read_one(client: &Client, p: &Params, t: &TableInfo, after: Option<&[String]>) -> Result<Chunk> {
+/// The row count of the next chunk after one of `rows` rows and `bytes` bytes read with
+/// `limit`: about [`CHUNK_BYTES`], at most twice the last, within 1..=[`CHUNK_ROWS`].
+fn next_limit(limit: i64, rows: usize, bytes: usize) -> i64 {
+    let per_row = (bytes / rows.max(1)).max(1);
+    ((CHUNK_BYTES / per_row) as i64).min(limit.saturating_mul(2)).clamp(1, CHUNK_ROWS)
+}
+
+/// One chunk of `limit` rows at most after key `after`, at a new snapshot: its rows, what
+/// the snapshot sees, the high watermark, and its last key when the table goes on; and its
+/// size in COPY text.
+async fn read_one(
+    client: &Client,
+    p: &Params,
+    t: &TableInfo,
+    after: Option<&[String]>,
+    limit: i64,
+) -> Result<(Chunk, usize)> {
     let doing = format!("read a chunk of {} alongside the stream", t.table.qualified());
     let err = |e| p.classify(e, &doing);
     client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(err)?;
@@ -304,23 +337,23 @@ async fn read_one(client: &Client, p: &Params, t: &TableInfo, after: Option<&[St
     let high = page_start(row.get::<_, i64>(3) as u64);
     let (keys, tuple) = snapshot::key_columns(t);
     let lower = after.map(|a| format!(" WHERE {tuple} > {}", snapshot::lits(a))).unwrap_or_default();
-    // The chunk's last key, rendered by the server: at most CHUNK_ROWS rows, at most
-    // CHUNK_BYTES (one row at least), and whether the table ends there (so that its final
-    // row can be marked, no chunk is empty but an empty table's).
+    // The chunk's last key, rendered by the server from the key columns alone (an index
+    // scan): `limit` rows at most, and whether the table ends there (so that its final row
+    // can be marked, no chunk is empty but an empty table's).
     let bound = format!(
-        "SELECT {}, cdc_n = cdc_m FROM (SELECT {}, count(*) OVER w AS cdc_n, count(*) OVER () AS cdc_m, \
-         sum(pg_column_size(s.*)) OVER w AS cdc_b FROM (SELECT * FROM {}{lower} ORDER BY {} LIMIT {}) s \
-         WINDOW w AS (ORDER BY {} ROWS UNBOUNDED PRECEDING)) x \
-         WHERE (cdc_n = 1 OR cdc_b <= {CHUNK_BYTES}) AND cdc_n <= {CHUNK_ROWS} ORDER BY cdc_n DESC LIMIT 1",
+        "SELECT {}, cdc_m <= {limit} FROM (SELECT {}, row_number() OVER (ORDER BY {}) AS cdc_n, \
+         count(*) OVER () AS cdc_m FROM (SELECT {} FROM {}{lower} ORDER BY {} LIMIT {}) s) x \
+         WHERE cdc_n <= {limit} ORDER BY cdc_n DESC LIMIT 1",
         keys.iter().map(|k| format!("quote_literal({k}::text)")).collect::<Vec<_>>().join(", "),
+        keys.join(", "),
+        keys.join(", "),
         keys.join(", "),
         quoted(&t.table.schema, &t.table.name),
         keys.join(", "),
-        CHUNK_ROWS + 1, // one more row than a chunk: whether the table ends with it
-        keys.join(", "),
+        limit + 1, // one more row than the chunk: whether the table ends with it
     );
     let upper = client.query_opt(&bound, &[]).await.map_err(err)?;
-    let mut rows = Vec::new();
+    let (mut rows, mut bytes) = (Vec::new(), 0);
     let mut last_key = None;
     if let Some(r) = upper {
         let upper = snapshot::typed_key(t, &r);
@@ -337,7 +370,10 @@ async fn read_one(client: &Client, p: &Params, t: &TableInfo, after: Option<&[St
         let collect = async {
             while let Some(piece) = prx.recv().await {
                 match piece? {
-                    Piece::Rows(evs, _) => rows.extend(evs.into_iter().filter_map(|e| e.after)),
+                    Piece::Rows(evs, n) => {
+                        bytes += n;
+                        rows.extend(evs.into_iter().filter_map(|e| e.after));
+                    }
                     Piece::End => break,
                 }
             }
@@ -351,7 +387,7 @@ async fn read_one(client: &Client, p: &Params, t: &TableInfo, after: Option<&[St
         }
     }
     client.batch_execute("COMMIT").await.map_err(err)?;
-    Ok(Chunk { table: t.table.clone(), rows, view, high, last_key })
+    Ok((Chunk { table: t.table.clone(), rows, view, high, last_key }, bytes))
 }
 
 /// An insert position just after a page header is the end of the record that filled the
@@ -378,6 +414,15 @@ mod tests {
         let w = View { xmin: u32::MAX - 1, xmax: 5, xip: vec![u32::MAX - 1, 2] };
         assert!(w.sees(u32::MAX - 2) && w.sees(u32::MAX) && w.sees(3));
         assert!(!w.sees(u32::MAX - 1) && !w.sees(2) && !w.sees(5));
+    }
+
+    #[test]
+    fn chunks_follow_the_bytes_per_row_and_grow_at_most_twofold() {
+        assert_eq!(next_limit(16, 16, 16 * 100), 32, "small rows: doubled");
+        assert_eq!(next_limit(4_096, 4_096, 4_096 * 100), CHUNK_ROWS, "never above CHUNK_ROWS");
+        assert_eq!(next_limit(16, 16, 16 << 20), 16, "1 MB rows: 16 MB");
+        assert_eq!(next_limit(16, 2, 200 << 20), 1, "huge rows: one at a time");
+        assert_eq!(next_limit(16, 0, 0), 32, "an empty chunk");
     }
 
     #[test]

@@ -82,7 +82,7 @@ pub async fn run(
     let mut st = State {
         captured: s.filter.text().into(),
         inc,
-        last: PgPosition::at(start, start),
+        last: PgPosition { captured: Some(s.filter.text().into()), ..PgPosition::at(start, start) },
         decoder: Decoder::new(&s.db, start),
         rels: HashMap::new(),
         types: Types::default(),
