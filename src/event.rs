@@ -170,6 +170,20 @@ pub struct ChangeEvent {
 }
 
 impl ChangeEvent {
+    /// A snapshot row of `table` (`op: "r"`).
+    pub fn read(table: Arc<Table>, after: Vec<Value>, ts_ms: i64, source: Source) -> ChangeEvent {
+        ChangeEvent {
+            table,
+            op: Op::Read,
+            before: None,
+            after: Some(after),
+            ts_ms,
+            snapshot: Snapshot::Yes,
+            source,
+            transaction: None,
+        }
+    }
+
     /// The row that identifies the key: `after`, else `before`.
     pub fn key_row(&self) -> Option<&[Value]> {
         self.after.as_deref().or(self.before.as_deref())

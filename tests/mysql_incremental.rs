@@ -5,7 +5,6 @@
 
 use crate::support::*;
 use mysql_async::prelude::Queryable;
-use serde_json::Value;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(120);
@@ -74,21 +73,8 @@ async fn a_table_added_to_tables_is_read_alone_alongside_the_stream_and_survives
 
     let evs = events(&out);
     let later = &evs[first..];
-    let small_ops = ops(&of_table(later, &db, "small"));
-    assert!(
-        small_ops.iter().all(|(op, _)| op == "u"),
-        "small is not read again: {:?}",
-        &small_ops[..5.min(small_ops.len())]
-    );
     // Streaming went on while big was read: small's updates sit between big's snapshot rows.
-    let positions = |table: &str, op: &str| -> Vec<usize> {
-        let of = |e: &Value| e["value"]["source"]["table"] == table && e["value"]["op"] == op;
-        later.iter().enumerate().filter(|(_, e)| of(e)).map(|(i, _)| i).collect()
-    };
-    let (big_r, small_u) = (positions("big", "r"), positions("small", "u"));
-    assert!(!big_r.is_empty() && !small_u.is_empty(), "{} updates written", updates);
-    let (from, to) = (big_r[0], *big_r.last().unwrap());
-    assert!(small_u.iter().any(|&i| i > from && i < to), "no streamed change while big was read");
+    let (big_r, small_u) = read_alongside(later, "big", "small", &format!("{updates} updates written"));
     let server_id = |i: usize| later[i]["value"]["source"]["server_id"].clone();
     assert!(big_r.iter().all(|&i| server_id(i) == server_id(small_u[0])), "r rows name the server");
 

@@ -338,3 +338,29 @@ impl Occurrences {
         self.count
     }
 }
+
+/// Checks that a table added to `--tables` was read alongside the stream: among `later`
+/// (events of the runs that read it), `other` has only updates (it is not read again), and
+/// some of them sit between the first and the last snapshot row of `added`. Returns the
+/// indexes of `added`'s snapshot rows and of `other`'s updates.
+pub fn read_alongside(later: &[Value], added: &str, other: &str, what: &str) -> (Vec<usize>, Vec<usize>) {
+    let other_ops: Vec<String> = later
+        .iter()
+        .filter(|e| e["value"]["source"]["table"] == other)
+        .map(|e| e["value"]["op"].as_str().unwrap_or("-").to_owned())
+        .collect();
+    assert!(
+        other_ops.iter().all(|op| op == "u"),
+        "{other} is not read again: {:?}",
+        &other_ops[..5.min(other_ops.len())]
+    );
+    let positions = |table: &str, op: &str| -> Vec<usize> {
+        let of = |e: &Value| e["value"]["source"]["table"] == table && e["value"]["op"] == op;
+        later.iter().enumerate().filter(|(_, e)| of(e)).map(|(i, _)| i).collect()
+    };
+    let (added_r, other_u) = (positions(added, "r"), positions(other, "u"));
+    assert!(!added_r.is_empty() && !other_u.is_empty(), "{what}");
+    let (from, to) = (added_r[0], *added_r.last().unwrap());
+    assert!(other_u.iter().any(|&i| i > from && i < to), "no streamed change while {added} was read");
+    (added_r, other_u)
+}

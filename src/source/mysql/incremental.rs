@@ -15,7 +15,7 @@ use super::chunk::{self, Order, Shape};
 use super::classify;
 use super::snapshot::map_row;
 use crate::error::{Error, Result};
-use crate::event::{ChangeEvent, Op, Snapshot, Source, Table, Value};
+use crate::event::{ChangeEvent, Source, Table, Value};
 use crate::position::{BinlogPosition, IncrementalProgress, Position, SnapshotProgress};
 use crate::source::SourceMessage;
 use mysql_async::prelude::Queryable;
@@ -126,28 +126,23 @@ impl Incremental {
         let newer = |key: &String| self.changed.get(key).is_some_and(|at| after(at, &chunk.low));
         let (mut kept, mut dropped) = (0usize, 0usize);
         let ts_ms = crate::encode::now_ms();
+        // Built once per chunk: only `row` differs from one row to the next.
+        let (gtid, file): (Option<Arc<str>>, Arc<str>) =
+            (last.gtid.as_deref().map(Into::into), last.file.as_str().into());
         for row in chunk.rows {
             if newer(&chunk.table.key_text(&row)) {
                 dropped += 1;
                 continue;
             }
-            out.push(SourceMessage::Change(ChangeEvent {
-                table: chunk.table.clone(),
-                op: Op::Read,
-                before: None,
-                after: Some(row),
-                ts_ms,
-                snapshot: Snapshot::Yes,
-                source: Source::Mysql {
-                    server_id: self.server_id,
-                    gtid: last.gtid.as_deref().map(Into::into),
-                    file: last.file.as_str().into(),
-                    pos: last.pos,
-                    row: kept as u32,
-                    thread: None,
-                },
-                transaction: None,
-            }));
+            let source = Source::Mysql {
+                server_id: self.server_id,
+                gtid: gtid.clone(),
+                file: file.clone(),
+                pos: last.pos,
+                row: kept as u32,
+                thread: None,
+            };
+            out.push(SourceMessage::Change(ChangeEvent::read(chunk.table.clone(), row, ts_ms, source)));
             kept += 1;
         }
         // Changes at or before this chunk's read view matter to no later chunk (the reader

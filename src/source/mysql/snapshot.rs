@@ -18,7 +18,7 @@ use super::decode::{datetime, geometry, shortest_f32, time, utf8};
 use super::{Filter, classify, gtid_at};
 use crate::encode::now_ms;
 use crate::error::{Error, Result};
-use crate::event::{ChangeEvent, Op, Snapshot, Source, Table, Value};
+use crate::event::{ChangeEvent, Snapshot, Source, Table, Value};
 use crate::position::{BinlogPosition, Position, SnapshotProgress};
 use crate::source::SourceMessage;
 use crate::source::progress::Progress;
@@ -76,23 +76,15 @@ impl Emitter<'_> {
 
     /// A snapshot row of `table`.
     fn event(&self, table: &Arc<Table>, after: Vec<Value>) -> ChangeEvent {
-        ChangeEvent {
-            table: table.clone(),
-            op: Op::Read,
-            before: None,
-            after: Some(after),
-            ts_ms: self.ts_ms,
-            snapshot: Snapshot::Yes,
-            source: Source::Mysql {
-                server_id: self.server_id,
-                gtid: self.start.gtid.as_deref().map(Into::into),
-                file: self.start.file.as_str().into(),
-                pos: self.start.pos,
-                row: 0,
-                thread: None,
-            },
-            transaction: None,
-        }
+        let source = Source::Mysql {
+            server_id: self.server_id,
+            gtid: self.start.gtid.as_deref().map(Into::into),
+            file: self.start.file.as_str().into(),
+            pos: self.start.pos,
+            row: 0,
+            thread: None,
+        };
+        ChangeEvent::read(table.clone(), after, self.ts_ms, source)
     }
 
     async fn flush(&mut self) -> bool {

@@ -17,7 +17,7 @@ use super::catalog::{self, TableInfo, Types, quoted};
 use super::conn::Params;
 use super::snapshot::{self, Piece};
 use crate::error::{Error, Result};
-use crate::event::{ChangeEvent, Op, Snapshot, Source, Table, Value};
+use crate::event::{ChangeEvent, Op, Source, Table, Value};
 use crate::position::{IncrementalProgress, PgPosition, Position, SnapshotProgress};
 use crate::source::{Filter, SourceMessage};
 use std::collections::HashMap;
@@ -167,16 +167,12 @@ impl Incremental {
                 dropped += 1;
                 continue;
             }
-            out.push(SourceMessage::Change(ChangeEvent {
-                table: chunk.table.clone(),
-                op: Op::Read,
-                before: None,
-                after: Some(row),
+            out.push(SourceMessage::Change(ChangeEvent::read(
+                chunk.table.clone(),
+                row,
                 ts_ms,
-                snapshot: Snapshot::Yes,
-                source: source.clone(),
-                transaction: None,
-            }));
+                source.clone(),
+            )));
             kept += 1;
         }
         // A transaction this chunk's snapshot sees is seen by every later chunk's too.

@@ -17,7 +17,7 @@ use super::conn::Params;
 use super::value;
 use crate::encode::now_ms;
 use crate::error::{Error, Result};
-use crate::event::{ChangeEvent, Op, Snapshot, Source, Value};
+use crate::event::{ChangeEvent, Snapshot, Source, Value};
 use crate::position::{PgPosition, Position, SnapshotProgress};
 use crate::source::Filter;
 use crate::source::SourceMessage;
@@ -360,16 +360,7 @@ pub(super) async fn read(
             let row = decode_line(t, &carry[start..end])?;
             bytes += end - start;
             start = end + 1;
-            rows.push(ChangeEvent {
-                table: t.table.clone(),
-                op: Op::Read,
-                before: None,
-                after: Some(row),
-                ts_ms,
-                snapshot: Snapshot::Yes,
-                source: source.clone(),
-                transaction: None,
-            });
+            rows.push(ChangeEvent::read(t.table.clone(), row, ts_ms, source.clone()));
             if rows.len() >= SEND_ROWS || bytes >= SEND_BYTES {
                 let piece = Piece::Rows(std::mem::take(&mut rows), std::mem::take(&mut bytes));
                 if out.send(Ok(piece)).await.is_err() {
