@@ -76,6 +76,22 @@ pub fn consume(
     timeout: Duration,
     done: impl Fn(&HashMap<String, Vec<Rec>>) -> bool,
 ) -> HashMap<String, Vec<Rec>> {
+    let (got, complete) = try_consume(topics, timeout, done);
+    assert!(
+        complete,
+        "timed out consuming {topics:?}: {:?}",
+        got.iter().map(|(t, r)| (t, r.len())).collect::<Vec<_>>()
+    );
+    got
+}
+
+/// As [`consume`], but on timeout returns what it read and `false` (so a caller can show
+/// what is missing).
+pub fn try_consume(
+    topics: &[String],
+    timeout: Duration,
+    done: impl Fn(&HashMap<String, Vec<Rec>>) -> bool,
+) -> (HashMap<String, Vec<Rec>>, bool) {
     let new_consumer = || -> BaseConsumer {
         ClientConfig::new()
             .set("bootstrap.servers", kafka_brokers())
@@ -97,11 +113,9 @@ pub fn consume(
         if linger.is_none() && done(&got) {
             linger = Some(Instant::now());
         }
-        assert!(
-            linger.is_some() || start.elapsed() < timeout,
-            "timed out consuming {topics:?}: {:?}",
-            got.iter().map(|(t, r)| (t, r.len())).collect::<Vec<_>>()
-        );
+        if linger.is_none() && start.elapsed() >= timeout {
+            return (got, false);
+        }
         if linger.is_none() && progress.elapsed() > Duration::from_secs(20) {
             eprintln!("consumer idle for 20 s: starting over with a new one");
             (consumer, assigned, progress) = (new_consumer(), false, Instant::now());
@@ -139,7 +153,7 @@ pub fn consume(
             });
         }
     }
-    got
+    (got, true)
 }
 
 pub fn kafka_args(prefix: &str) -> Vec<String> {
