@@ -74,8 +74,10 @@ pub fn available(config: &Config) -> Result<()> {
 pub async fn run(config: &Config, shutdown: Shutdown, retry_budget: Duration) -> Result<()> {
     // Fail fast on settings before touching anything.
     available(config)?;
+    // Without a server the sender is dropped here and `requests` never yields.
+    let (requests_tx, mut requests) = tokio::sync::mpsc::channel(8);
     if let Some(addr) = config.metrics_addr {
-        crate::metrics::serve(addr)
+        crate::http::serve(addr, config.clone(), requests_tx)
             .await
             .map_err(|e| Error::config(format!("cannot listen on --metrics-addr {addr}")).with_source(e))?;
     }
@@ -83,7 +85,11 @@ pub async fn run(config: &Config, shutdown: Shutdown, retry_budget: Duration) ->
     let mut backoff = INITIAL_BACKOFF;
     let mut failing_since: Option<Instant> = None;
     loop {
+        while let Ok(r) = requests.try_recv() {
+            answer(&mut store, r);
+        }
         let before = store.load()?;
+        let mut asked = None;
         let attempt = async {
             // Reach the destination first: refused credentials stop the run (77) even before
             // there is a change to deliver, and a sink that never answers runs out the retry
@@ -99,8 +105,17 @@ pub async fn run(config: &Config, shutdown: Shutdown, retry_budget: Duration) ->
                 () = stopped(shutdown.clone()) => return Ok(Stopped::Shutdown),
             };
             let mut encoder = Encoder::new(&config.name, &config.topic_prefix, sink.wants_tombstones());
-            // Once streaming, only the pipeline watches the signal, so it can drain first.
-            let stop = stopped(shutdown.clone());
+            // Once streaming, only the pipeline watches the signal, so it can drain first. A
+            // re-read request stops it the same way, then the stream restarts with it.
+            let stop = async {
+                tokio::select! {
+                    () = stopped(shutdown.clone()) => {}
+                    Some(r) = requests.recv() => {
+                        tracing::info!(tables = ?r.tables, "re-read requested: storing the position, then restarting the stream with it");
+                        asked = Some(r);
+                    }
+                }
+            };
             pipeline::run(&mut source, &mut sink, &mut store, &mut encoder, &Settings::default(), stop).await
         };
         let result = attempt.await;
@@ -108,6 +123,13 @@ pub async fn run(config: &Config, shutdown: Shutdown, retry_budget: Duration) ->
         // database behind a proxy that drops connections must not run out the budget).
         crate::metrics::UP.store(0, std::sync::atomic::Ordering::Relaxed);
         let streamed = crate::source::STREAMED.swap(false, std::sync::atomic::Ordering::Relaxed);
+        if let Some(r) = asked.take() {
+            answer(&mut store, r);
+            if matches!(result, Ok(Stopped::Shutdown)) && !*shutdown.borrow() {
+                (failing_since, backoff) = (None, INITIAL_BACKOFF);
+                continue;
+            }
+        }
         let err = match result {
             Ok(Stopped::Shutdown) => {
                 tracing::info!(position = ?store.load()?.map(|p| p.to_string()), "stopped");
@@ -147,6 +169,16 @@ pub async fn run(config: &Config, shutdown: Shutdown, retry_budget: Duration) ->
             () = stopped(shutdown.clone()) => return Ok(()),
         }
     }
+}
+
+/// Records a re-read request in the stored position and tells the asker.
+fn answer(store: &mut SledStore, r: crate::http::SnapshotRequest) {
+    let result = crate::request::record(store, &r.tables);
+    match &result {
+        Ok(text) => tracing::info!(tables = ?r.tables, "re-read recorded: {text}"),
+        Err(e) => tracing::warn!(tables = ?r.tables, error = %crate::error::report(e), "re-read refused"),
+    }
+    let _ = r.reply.send(result.map_err(|e| crate::error::report(&e)));
 }
 
 /// `cdc check`: prints one line per check; Ok(exit code).

@@ -31,6 +31,13 @@ enum Command {
         #[command(flatten)]
         flags: Flags,
     },
+    /// Read tables again alongside the stream: through the running cdc's --metrics-addr, or
+    /// recorded for the next run. --tables names the tables to read; what is captured comes
+    /// from CDC_TABLES or the config file
+    Snapshot {
+        #[command(flatten)]
+        flags: Flags,
+    },
     /// Show or reset the stored position
     Offsets {
         #[command(subcommand)]
@@ -131,6 +138,17 @@ fn main() -> ExitCode {
                 let config = Config::resolve(&flags)?;
                 init_logs(config.log_format);
                 cdc::app::check(&config).await
+            }
+            Command::Snapshot { mut flags } => {
+                let Some(patterns) = flags.tables.take() else {
+                    return Err(Error::new(Kind::Usage, "`cdc snapshot` needs --tables PATTERNS: the tables to read again"));
+                };
+                // --tables names what to read again; the captured set is the connector's own.
+                flags.tables = std::env::var("CDC_TABLES").ok().filter(|t| *t != patterns);
+                let config = Config::resolve(&flags)?;
+                init_logs(config.log_format);
+                println!("{}", cdc::request::request(&config, &patterns).await?);
+                Ok(0)
             }
             Command::Offsets { action: OffsetsAction::Show { flags } } => {
                 let (name, dir) = config::resolve_state(&flags)?;

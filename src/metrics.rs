@@ -1,11 +1,10 @@
 //! A handful of process-wide counters and gauges, served as Prometheus text on `/metrics`
-//! with a `/health` probe when `--metrics-addr` is set. Counters are atomics: bumping one is
+//! (see `http.rs`) when `--metrics-addr` is set. Counters are atomics: bumping one is
 //! a single relaxed add, cheap enough for the per-batch paths that use them.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A monotonically increasing count.
 pub struct Counter(AtomicU64, &'static str, &'static str);
@@ -65,7 +64,8 @@ fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-fn render() -> String {
+/// The metrics as Prometheus text.
+pub fn render() -> String {
     let mut out = String::new();
     for c in [&EVENTS, &RECORDS_DELIVERED, &BATCHES_DELIVERED, &SINK_REQUESTS, &OFFSET_COMMITS, &RESTARTS] {
         out.push_str(&format!("# HELP {} {}\n# TYPE {} counter\n{} {}\n", c.1, c.2, c.1, c.1, c.get()));
@@ -93,36 +93,4 @@ fn render() -> String {
         }
     }
     out
-}
-
-/// Serves `/metrics` and `/health` on `addr` until the process ends.
-pub async fn serve(addr: std::net::SocketAddr) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /metrics and /health");
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut req = [0u8; 1024];
-                let n = conn.read(&mut req).await.unwrap_or(0);
-                let req = String::from_utf8_lossy(&req[..n]);
-                let (status, body) = if req.starts_with("GET /metrics") {
-                    ("200 OK", render())
-                } else if req.starts_with("GET /health") {
-                    match UP.load(Ordering::Relaxed) {
-                        1 => ("200 OK", "ok\n".to_owned()),
-                        _ => ("503 Service Unavailable", "not streaming\n".to_owned()),
-                    }
-                } else {
-                    ("404 Not Found", String::new())
-                };
-                let head = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = conn.write_all(head.as_bytes()).await;
-                let _ = conn.write_all(body.as_bytes()).await;
-            });
-        }
-    });
-    Ok(())
 }

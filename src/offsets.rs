@@ -58,6 +58,11 @@ impl SledStore {
     }
 }
 
+/// True when another process holds the lock of state directory `dir` (a running `cdc`).
+pub fn locked(dir: &Path) -> bool {
+    File::options().read(true).write(true).open(dir.join("LOCK")).is_ok_and(|f| f.try_lock().is_err())
+}
+
 fn lock_dir(dir: &Path) -> Result<File> {
     let path = dir.join("LOCK");
     let mut file = File::options()

@@ -38,5 +38,6 @@ mod run_loop;
 mod snapshot_crashes;
 mod snapshot_memory;
 mod snapshot_progress;
+mod snapshot_request;
 mod support;
 mod testbed;

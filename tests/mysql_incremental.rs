@@ -10,14 +10,15 @@ use std::time::Duration;
 const T: Duration = Duration::from_secs(120);
 const ROWS: i64 = 300_000;
 
-/// Updates random rows of `big` and the single row of `small` until `stop` is set.
-async fn writer(db: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u64 {
+/// Updates random rows of `big` (keys 1..=`rows`) and the single row of `small` until
+/// `stop` is set; the rounds written.
+pub async fn writer(db: String, rows: i64, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u64 {
     let mut c = mysql().await;
     c.query_drop(format!("USE {db}")).await.unwrap();
     let mut n = 0;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         // Many keys per statement, so that chunks being read see changes of their own keys.
-        let ids: Vec<String> = (0..100).map(|_| fastrand::i64(1..=ROWS).to_string()).collect();
+        let ids: Vec<String> = (0..100).map(|_| fastrand::i64(1..=rows).to_string()).collect();
         c.query_drop(format!("UPDATE big SET v = v + 1 WHERE id IN ({})", ids.join(","))).await.unwrap();
         c.query_drop("UPDATE small SET v = v + 1 WHERE id = 1").await.unwrap();
         n += 1;
@@ -53,7 +54,7 @@ async fn a_table_added_to_tables_is_read_alone_alongside_the_stream_and_survives
 
     // Second run adds `big` while `small` and `big` are written; killed mid-way.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let w = tokio::spawn(writer(db.clone(), stop.clone()));
+    let w = tokio::spawn(writer(db.clone(), ROWS, stop.clone()));
     let mut cdc = Running::mysql(&dir, &both, &[]);
     cdc.wait_for("big's first snapshot rows", T, |e| {
         of_table(e, &db, "big").iter().any(|e| e["value"]["op"] == "r")

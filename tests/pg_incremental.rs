@@ -12,13 +12,14 @@ use std::time::Duration;
 const T: Duration = Duration::from_secs(120);
 const ROWS: i64 = 300_000;
 
-/// Updates 100 random rows of `big` and the row of `small` per round until `stop` is set.
-async fn writer(schema: String, stop: Arc<AtomicBool>) -> u64 {
+/// Updates 100 random rows of `big` (keys 1..=`rows`) and the row of `small` per round
+/// until `stop` is set; the rounds written.
+pub async fn writer(schema: String, rows: i64, stop: Arc<AtomicBool>) -> u64 {
     let c = pg().await;
     c.batch_execute(&format!("SET search_path = {schema}")).await.unwrap();
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
-        let ids: Vec<i64> = (0..100).map(|_| fastrand::i64(1..=ROWS)).collect();
+        let ids: Vec<i64> = (0..100).map(|_| fastrand::i64(1..=rows)).collect();
         c.execute("UPDATE big SET v = v + 1 WHERE id = ANY($1)", &[&ids]).await.unwrap();
         c.batch_execute("UPDATE small SET v = v + 1 WHERE id = 1").await.unwrap();
         n += 1;
@@ -52,7 +53,7 @@ async fn a_table_added_to_tables_is_read_alone_alongside_the_stream_and_survives
 
     // Second run adds `big` while both tables are written; killed mid-way.
     let stop = Arc::new(AtomicBool::new(false));
-    let w = tokio::spawn(writer(name.clone(), stop.clone()));
+    let w = tokio::spawn(writer(name.clone(), ROWS, stop.clone()));
     let mut cdc = Running::postgres(&dir, &name, &both, &[]);
     cdc.wait_for("big's first snapshot rows", T, |e| {
         of_pg_table(e, &name, "big").iter().any(|e| e["value"]["op"] == "r")

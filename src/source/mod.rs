@@ -108,6 +108,15 @@ pub fn tls_refused(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// The tables `config` captures now, as `db.table` / `schema.table`.
+pub async fn captured_tables(config: &crate::config::Config) -> Result<Vec<String>> {
+    let filter = Filter::new(config);
+    match config.source {
+        crate::config::SourceKind::Mysql => mysql::table_names(config, &filter).await,
+        crate::config::SourceKind::Postgres => postgres::table_names(config, &filter).await,
+    }
+}
+
 /// A change-log reader.
 pub trait Source {
     /// The next message. Must be cancel-safe: dropping the future loses nothing.

@@ -266,6 +266,15 @@ fn at(file: String, pos: u64, gtid: Option<String>, server: &resume::Server) -> 
 
 /// The captured base tables (system-versioned ones included), `(db, table)` sorted. Lists names only (no statistics, which
 /// would open every table on the server) and filters locally.
+/// The captured tables as `db.table`.
+pub async fn table_names(config: &Config, filter: &Filter) -> Result<Vec<String>> {
+    let opts = opts(config).await?;
+    let mut conn = mysql_async::Conn::new(opts.clone()).await.map_err(|e| classify(e, &opts, "connect"))?;
+    let tables = captured_tables(&mut conn, filter).await?;
+    let _ = conn.disconnect().await;
+    Ok(tables.into_iter().map(|(db, t)| format!("{db}.{t}")).collect())
+}
+
 pub async fn captured_tables(conn: &mut mysql_async::Conn, filter: &Filter) -> Result<Vec<(String, String)>> {
     use mysql_async::prelude::Queryable;
     let all: Vec<(String, String)> = conn

@@ -33,6 +33,13 @@ use crate::source::{Source, SourceMessage};
 use conn::Params;
 use tokio::sync::watch;
 
+/// The captured tables as `schema.table`.
+pub async fn table_names(config: &Config, filter: &Filter) -> Result<Vec<String>> {
+    let params = Params::new(config)?;
+    let client = params.sql("list the captured tables").await?;
+    let tables = catalog::captured(&client, &params, filter).await?;
+    Ok(tables.into_iter().map(|(_, s, t)| format!("{s}.{t}")).collect())
+}
 /// Batches buffered between the reader task and the pipeline (a batch is at most a few
 /// hundred events): enough to keep both busy, bounded so a slow sink stops the reader.
 pub const SOURCE_CHANNEL: usize = 64;
