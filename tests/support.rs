@@ -364,3 +364,21 @@ pub fn read_alongside(later: &[Value], added: &str, other: &str, what: &str) -> 
     assert!(other_u.iter().any(|&i| i > from && i < to), "no streamed change while {added} was read");
     (added_r, other_u)
 }
+
+/// The longest time, by cdc's own clock (the envelope's `ts_ms`, when the event was
+/// encoded), between two consecutive streamed changes of `other` while `added` was read
+/// (between its first and last snapshot row in `evs`): how long streaming paused, given a
+/// writer that changes `other` without pause.
+pub fn longest_pause(evs: &[Value], added: &str, other: &str) -> i64 {
+    let is =
+        |e: &Value, table: &str, op: &str| e["value"]["source"]["table"] == table && e["value"]["op"] == op;
+    let reads: Vec<usize> = (0..evs.len()).filter(|&i| is(&evs[i], added, "r")).collect();
+    let (Some(&from), Some(&to)) = (reads.first(), reads.last()) else { panic!("{added} was not read") };
+    let times: Vec<i64> = evs[from..=to]
+        .iter()
+        .filter(|e| is(e, other, "u"))
+        .map(|e| e["value"]["ts_ms"].as_i64().expect("envelope ts_ms"))
+        .collect();
+    assert!(times.len() > 1, "{other} was streamed while {added} was read");
+    times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0)
+}
