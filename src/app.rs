@@ -107,12 +107,20 @@ pub async fn run(config: &Config, shutdown: Shutdown, retry_budget: Duration) ->
             let mut encoder = Encoder::new(&config.name, &config.topic_prefix, sink.wants_tombstones());
             // Once streaming, only the pipeline watches the signal, so it can drain first. A
             // re-read request stops it the same way, then the stream restarts with it.
+            // Refused without a stop while the initial snapshot runs (it reads every table).
             let stop = async {
-                tokio::select! {
-                    () = stopped(shutdown.clone()) => {}
-                    Some(r) = requests.recv() => {
-                        tracing::info!(tables = ?r.tables, "re-read requested: storing the position, then restarting the stream with it");
-                        asked = Some(r);
+                loop {
+                    tokio::select! {
+                        () = stopped(shutdown.clone()) => return,
+                        Some(r) = requests.recv() => {
+                            if !crate::offsets::settled() {
+                                let _ = r.reply.send(Err(NOT_SETTLED.into()));
+                                continue;
+                            }
+                            tracing::info!(tables = ?r.tables, "re-read requested: storing the position, then restarting the stream with it");
+                            asked = Some(r);
+                            return;
+                        }
                     }
                 }
             };
@@ -170,6 +178,9 @@ pub async fn run(config: &Config, shutdown: Shutdown, retry_budget: Duration) ->
         }
     }
 }
+
+const NOT_SETTLED: &str =
+    "the initial snapshot has not finished (it reads every table): ask again once it has";
 
 /// Records a re-read request in the stored position and tells the asker.
 fn answer(store: &mut SledStore, r: crate::http::SnapshotRequest) {

@@ -140,11 +140,13 @@ fn main() -> ExitCode {
                 cdc::app::check(&config).await
             }
             Command::Snapshot { mut flags } => {
-                let Some(patterns) = flags.tables.take() else {
+                // --tables (on the command line, not from CDC_TABLES) names what to read again;
+                // the captured set is the connector's own (CDC_TABLES or the config file).
+                let given = std::env::args().any(|a| a == "--tables" || a.starts_with("--tables="));
+                let Some(patterns) = flags.tables.take().filter(|_| given) else {
                     return Err(Error::new(Kind::Usage, "`cdc snapshot` needs --tables PATTERNS: the tables to read again"));
                 };
-                // --tables names what to read again; the captured set is the connector's own.
-                flags.tables = std::env::var("CDC_TABLES").ok().filter(|t| *t != patterns);
+                flags.tables = std::env::var("CDC_TABLES").ok();
                 let config = Config::resolve(&flags)?;
                 init_logs(config.log_format);
                 println!("{}", cdc::request::request(&config, &patterns).await?);

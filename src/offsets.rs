@@ -24,6 +24,24 @@ pub trait OffsetStore {
 /// The position this process last stored, as text (for a stop that cannot drain).
 static LAST_STORED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
+/// True while the stored position is past the initial snapshot (set by every load and
+/// commit of the store): tables can be read again alongside the stream.
+static SETTLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the last position loaded or stored is past the initial snapshot.
+pub fn settled() -> bool {
+    SETTLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn note_settled(position: Option<&Position>) {
+    let settled = match position {
+        Some(Position::Mysql(p)) => p.snapshot.is_none(),
+        Some(Position::Postgres(p)) => p.snapshot.is_none(),
+        None => false,
+    };
+    SETTLED.store(settled, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The position this process last stored durably, if any.
 pub fn last_stored() -> Option<String> {
     LAST_STORED.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -95,15 +113,18 @@ fn lock_dir(dir: &Path) -> Result<File> {
 impl OffsetStore for SledStore {
     fn load(&self) -> Result<Option<Position>> {
         let raw = self.db.get(&self.name).map_err(|e| state_err("cannot read the offset store".into(), e))?;
-        raw.map(|b| {
-            serde_json::from_slice(&b).map_err(|e| {
-                state_err(
-                    format!("stored offset of {:?} is unreadable: run `cdc offsets reset`", self.name),
-                    e,
-                )
+        let position = raw
+            .map(|b| {
+                serde_json::from_slice(&b).map_err(|e| {
+                    state_err(
+                        format!("stored offset of {:?} is unreadable: run `cdc offsets reset`", self.name),
+                        e,
+                    )
+                })
             })
-        })
-        .transpose()
+            .transpose()?;
+        note_settled(position.as_ref());
+        Ok(position)
     }
 
     fn commit(&mut self, position: &Position) -> Result<()> {
@@ -120,6 +141,7 @@ impl OffsetStore for SledStore {
             .map_err(|e| state_err("cannot write the offset store".into(), e))?;
         self.db.flush().map_err(|e| state_err("cannot flush the offset store (disk full?)".into(), e))?;
         *LAST_STORED.lock().unwrap_or_else(|e| e.into_inner()) = Some(position.to_string());
+        note_settled(Some(position));
         Ok(())
     }
 

@@ -11,31 +11,47 @@ use crate::offsets::{OffsetStore, SledStore};
 use crate::position::Position;
 use crate::source::Filter;
 
-/// The captured tables matching `patterns` (as `--tables` takes them); an error when none
-/// does, naming what is captured.
+/// The captured tables matching `patterns` (a comma list of `db.table` patterns, `*`
+/// allowed, as `--tables` takes them); an error when none does (naming what is captured)
+/// or when one of them has no key to read it by alongside the stream.
 pub async fn resolve(config: &Config, patterns: &str) -> Result<Vec<String>> {
     if config.snapshot != SnapshotMode::Initial {
         return Err(Error::config(
             "tables are read again alongside the stream, which only --snapshot initial (the default) does",
         ));
     }
-    let wanted = Filter::from_text(patterns);
+    let parts: Vec<&str> = patterns.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() || parts.iter().any(|p| p.starts_with('!') || !p.contains('.')) {
+        return Err(Error::config(format!(
+            "--tables {patterns:?}: expected a comma list of db.table patterns (`*` allowed) naming the tables to read again"
+        )));
+    }
+    let wanted = Filter::from_text(&parts.join(","));
     let captured = crate::source::captured_tables(config).await?;
-    let tables: Vec<String> = captured
+    let matched: Vec<&(String, bool)> = captured
         .iter()
-        .filter(|name| {
+        .filter(|(name, _)| {
             let (db, table) = name.split_once('.').unwrap_or(("", name));
             wanted.captures(db, table)
         })
-        .cloned()
         .collect();
-    if tables.is_empty() {
+    if matched.is_empty() {
+        let names: Vec<&str> = captured.iter().map(|(n, _)| n.as_str()).collect();
         return Err(Error::config(format!(
             "--tables {patterns} matches no captured table (captured: {})",
-            if captured.is_empty() { "none".to_owned() } else { captured.join(", ") }
+            if names.is_empty() { "none".to_owned() } else { names.join(", ") }
         )));
     }
-    Ok(tables)
+    let keyless: Vec<&str> = matched.iter().filter(|(_, keyed)| !keyed).map(|(n, _)| n.as_str()).collect();
+    if !keyless.is_empty() {
+        return Err(Error::config(format!(
+            "{} {} no primary key (or unique NOT NULL index), so {} cannot be read alongside the stream",
+            keyless.join(", "),
+            if keyless.len() == 1 { "has" } else { "have" },
+            if keyless.len() == 1 { "it" } else { "they" },
+        )));
+    }
+    Ok(matched.into_iter().map(|(n, _)| n.clone()).collect())
 }
 
 /// Adds `tables` to the reads alongside the stream of `position`. A table being read now is
@@ -53,8 +69,10 @@ pub fn add(position: &mut Position, tables: &[String]) -> Result<()> {
         ));
     }
     let plan = incremental.get_or_insert_with(Default::default);
+    // The first table is being read only once a chunk of it was delivered.
+    let reading = usize::from(plan.last_key.is_some());
     for t in tables {
-        if !plan.tables.iter().skip(1).any(|w| w == t) {
+        if !plan.tables.iter().skip(reading).any(|w| w == t) {
             plan.tables.push(t.clone());
         }
     }
@@ -64,7 +82,9 @@ pub fn add(position: &mut Position, tables: &[String]) -> Result<()> {
 /// Records `tables` in the store's position: the text to show.
 pub fn record(store: &mut SledStore, tables: &[String]) -> Result<String> {
     let Some(mut position) = store.load()? else {
-        return Ok("no position stored yet: the first run snapshots every table".into());
+        return Err(Error::config(
+            "no position is stored for this --name in this --state-dir (check both): a first run reads every table anyway",
+        ));
     };
     add(&mut position, tables)?;
     store.commit(&position)?;
@@ -104,10 +124,15 @@ mod tests {
     fn added_tables_queue_after_the_current_one_once() {
         let mut p = Position::Mysql(BinlogPosition::new("binlog.000001", 4));
         add(&mut p, &["s.a".into(), "s.b".into()]).unwrap();
+        // Nothing of s.a read yet: asked again, nothing is queued twice.
         add(&mut p, &["s.a".into(), "s.b".into(), "s.c".into()]).unwrap();
-        let Position::Mysql(b) = &p else { unreachable!() };
+        let Position::Mysql(b) = &mut p else { unreachable!() };
+        assert_eq!(b.incremental.as_ref().unwrap().tables, ["s.a", "s.b", "s.c"]);
         // s.a is being read: it is read once more, from the start, after this pass.
-        assert_eq!(b.incremental.as_ref().unwrap().tables, ["s.a", "s.b", "s.a", "s.c"]);
+        b.incremental.as_mut().unwrap().last_key = Some("[5]".into());
+        add(&mut p, &["s.a".into()]).unwrap();
+        let Position::Mysql(b) = &p else { unreachable!() };
+        assert_eq!(b.incremental.as_ref().unwrap().tables, ["s.a", "s.b", "s.c", "s.a"]);
     }
 
     #[test]

@@ -39,6 +39,27 @@ fn initial_done(e: &[Value]) -> bool {
     e.iter().filter(|e| e["value"]["op"] == "r").count() as i64 == ROWS + 1
 }
 
+/// Runs `cdc <args> --metrics-addr addr --tables tables` (the captured set in CDC_TABLES) on
+/// a blocking thread, so the test's writer keeps writing meanwhile.
+fn ask(
+    args: &[&str],
+    addr: &str,
+    tables: &str,
+    captured: &str,
+) -> impl Future<Output = (i32, String, String)> + use<> {
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    args.extend(["--metrics-addr", addr, "--tables", tables].map(str::to_owned));
+    let captured = captured.to_owned();
+    async move {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(&args, &[("CDC_TABLES", &captured)])
+        })
+        .await
+        .unwrap()
+    }
+}
+
 /// The table of each snapshot row of `evs`, in order.
 fn tables_read(evs: &[Value]) -> Vec<&str> {
     evs.iter()
@@ -49,7 +70,12 @@ fn tables_read(evs: &[Value]) -> Vec<&str> {
 
 /// What both sources must show. `later`: the events since the request; `big`/`small` the
 /// events of each table in it; `table`: big's rows.
-fn check(later: &[Value], big: &[&Value], table: &[(i64, i64)], updates: u64) {
+fn check(later: &[Value], big: &[&Value], small: &[&Value], table: &[(i64, i64)], updates: u64) {
+    // small's row gains 1 per round: its streamed versions follow each other without a gap
+    // or a repeat, across the stream's restart.
+    let vs: Vec<i64> =
+        small.iter().filter_map(|e| e["value"]["after"]["v"].as_i64()).filter(|v| *v >= 0).collect();
+    assert!(vs.windows(2).all(|w| w[1] == w[0] + 1), "small's updates are all delivered once, in order");
     // A row whose key the stream changed while its chunk was read is dropped (the stream's
     // version is newer); every other row is read again, once.
     let reads: Vec<i64> = big
@@ -96,8 +122,7 @@ async fn mysql_snapshot_command_rereads_one_table_while_streaming_or_records_it(
     let (out, state) = (cdc.out.clone(), cdc.state.to_str().unwrap().to_owned());
     let ask = |tables: &str| {
         let args = ["snapshot", "--source", "mysql", "--source-url", &url, "--state-dir", &state];
-        let args = [&args[..], &["--metrics-addr", &addr, "--tables", tables]].concat();
-        run(&args, &[("CDC_TABLES", &both)])
+        ask(&args, &addr, tables, &both)
     };
 
     // A running connector re-reads big alone while both tables are written.
@@ -105,7 +130,7 @@ async fn mysql_snapshot_command_rereads_one_table_while_streaming_or_records_it(
     let stop = Arc::new(AtomicBool::new(false));
     let w = tokio::spawn(crate::mysql_incremental::writer(db.clone(), ROWS, stop.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (code, stdout, stderr) = ask(&format!("{db}.big"));
+    let (code, stdout, stderr) = ask(&format!("{db}.big")).await;
     assert_eq!(code, 0, "cdc snapshot against the running connector: {stdout} {stderr}");
     assert!(stdout.contains("read again alongside the stream"), "{stdout}");
     cdc.wait_log("incremental snapshot of table finished", T).await;
@@ -126,13 +151,13 @@ async fn mysql_snapshot_command_rereads_one_table_while_streaming_or_records_it(
     eprintln!("longest pause of the stream while big was read again: {pause} ms");
     assert!(pause < 1000, "streaming paused {pause} ms while big was read again");
     let table: Vec<(i64, i64)> = c.query("SELECT id, v FROM big ORDER BY id").await.unwrap();
-    check(later, &of_table(later, &db, "big"), &table, updates);
+    check(later, &of_table(later, &db, "big"), &of_table(later, &db, "small"), &table, updates);
 
     // No connector running: recorded, and the next run reads small alone.
-    let (code, stdout, stderr) = ask(&format!("{db}.small"));
+    let (code, stdout, stderr) = ask(&format!("{db}.small")).await;
     assert_eq!(code, 0, "cdc snapshot with no connector: {stdout} {stderr}");
     assert!(stdout.contains("recorded"), "{stdout}");
-    let (code, _, stderr) = ask(&format!("{db}.nothing_like_this"));
+    let (code, _, stderr) = ask(&format!("{db}.nothing_like_this")).await;
     assert_eq!(code, 78, "a pattern matching no captured table is refused: {stderr}");
     assert!(stderr.contains("matches no captured table"), "{stderr}");
     let before = events(&out).len();
@@ -173,15 +198,14 @@ async fn postgres_snapshot_command_rereads_one_table_while_streaming_or_records_
             "--state-dir",
             &state,
         ];
-        let args = [&args[..], &["--metrics-addr", &addr, "--tables", tables]].concat();
-        run(&args, &[("CDC_TABLES", &both)])
+        ask(&args, &addr, tables, &both)
     };
 
     let first = events(&out).len();
     let stop = Arc::new(AtomicBool::new(false));
     let w = tokio::spawn(crate::pg_incremental::writer(name.clone(), ROWS, stop.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (code, stdout, stderr) = ask(&format!("{name}.big"));
+    let (code, stdout, stderr) = ask(&format!("{name}.big")).await;
     assert_eq!(code, 0, "cdc snapshot against the running connector: {stdout} {stderr}");
     assert!(stdout.contains("read again alongside the stream"), "{stdout}");
     cdc.wait_log("incremental snapshot of table finished", T).await;
@@ -204,9 +228,9 @@ async fn postgres_snapshot_command_rereads_one_table_while_streaming_or_records_
     assert!(pause < 1000, "streaming paused {pause} ms while big was read again");
     let rows = c.query(&format!("SELECT id, v FROM {name}.big ORDER BY id"), &[]).await.unwrap();
     let table: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    check(later, &of_pg_table(later, &name, "big"), &table, updates);
+    check(later, &of_pg_table(later, &name, "big"), &of_pg_table(later, &name, "small"), &table, updates);
 
-    let (code, stdout, stderr) = ask(&format!("{name}.small"));
+    let (code, stdout, stderr) = ask(&format!("{name}.small")).await;
     assert_eq!(code, 0, "cdc snapshot with no connector: {stdout} {stderr}");
     assert!(stdout.contains("recorded"), "{stdout}");
     let before = events(&out).len();

@@ -108,8 +108,9 @@ pub fn tls_refused(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The tables `config` captures now, as `db.table` / `schema.table`.
-pub async fn captured_tables(config: &crate::config::Config) -> Result<Vec<String>> {
+/// The tables `config` captures now, as `db.table` / `schema.table`, each with whether it
+/// has a key to read it by alongside the stream.
+pub async fn captured_tables(config: &crate::config::Config) -> Result<Vec<(String, bool)>> {
     let filter = Filter::new(config);
     match config.source {
         crate::config::SourceKind::Mysql => mysql::table_names(config, &filter).await,

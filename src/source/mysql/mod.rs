@@ -264,17 +264,22 @@ fn at(file: String, pos: u64, gtid: Option<String>, server: &resume::Server) -> 
     BinlogPosition { gtid, gtid_set, server: Some(server.identity.clone()), ..BinlogPosition::new(file, pos) }
 }
 
-/// The captured base tables (system-versioned ones included), `(db, table)` sorted. Lists names only (no statistics, which
-/// would open every table on the server) and filters locally.
-/// The captured tables as `db.table`.
-pub async fn table_names(config: &Config, filter: &Filter) -> Result<Vec<String>> {
+/// The captured tables as `db.table`, each with whether it has a key to read it by in
+/// chunks (a primary key or unique NOT NULL index).
+pub async fn table_names(config: &Config, filter: &Filter) -> Result<Vec<(String, bool)>> {
     let opts = opts(config).await?;
     let mut conn = mysql_async::Conn::new(opts.clone()).await.map_err(|e| classify(e, &opts, "connect"))?;
-    let tables = captured_tables(&mut conn, filter).await?;
+    let mut out = Vec::new();
+    for (db, t) in captured_tables(&mut conn, filter).await? {
+        let keyed = chunk::shape(&mut conn, &db, &t).await?.order != chunk::Order::Scan;
+        out.push((format!("{db}.{t}"), keyed));
+    }
     let _ = conn.disconnect().await;
-    Ok(tables.into_iter().map(|(db, t)| format!("{db}.{t}")).collect())
+    Ok(out)
 }
 
+/// The captured base tables (system-versioned ones included), `(db, table)` sorted. Lists names only (no statistics, which
+/// would open every table on the server) and filters locally.
 pub async fn captured_tables(conn: &mut mysql_async::Conn, filter: &Filter) -> Result<Vec<(String, String)>> {
     use mysql_async::prelude::Queryable;
     let all: Vec<(String, String)> = conn

@@ -33,13 +33,18 @@ use crate::source::{Source, SourceMessage};
 use conn::Params;
 use tokio::sync::watch;
 
-/// The captured tables as `schema.table`.
-pub async fn table_names(config: &Config, filter: &Filter) -> Result<Vec<String>> {
+/// The captured tables as `schema.table`, each with whether it has a primary key.
+pub async fn table_names(config: &Config, filter: &Filter) -> Result<Vec<(String, bool)>> {
     let params = Params::new(config)?;
     let client = params.sql("list the captured tables").await?;
-    let tables = catalog::captured(&client, &params, filter).await?;
-    Ok(tables.into_iter().map(|(_, s, t)| format!("{s}.{t}")).collect())
+    let mut out = Vec::new();
+    for (oid, s, t) in catalog::captured(&client, &params, filter).await? {
+        let keyed = !catalog::primary_key(&client, &params, oid).await?.is_empty();
+        out.push((format!("{s}.{t}"), keyed));
+    }
+    Ok(out)
 }
+
 /// Batches buffered between the reader task and the pipeline (a batch is at most a few
 /// hundred events): enough to keep both busy, bounded so a slow sink stops the reader.
 pub const SOURCE_CHANNEL: usize = 64;

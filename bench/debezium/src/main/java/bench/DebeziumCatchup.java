@@ -42,7 +42,11 @@ import java.util.concurrent.atomic.AtomicLong;
  *       the offset, prints {@code OFFSET STORED} and exits 0.</li>
  *   <li>{@code mode=run n=N}: resumes from the stored offset, counts records of {@code db.table}
  *       and, at N, prints one {@code DONE ...} line, then keeps the JVM alive (so the caller can
- *       read its /proc CPU and RSS) until SIGINT/SIGTERM, which closes the engine.</li>
+ *       read its /proc CPU and RSS) until SIGINT/SIGTERM, which closes the engine (and prints
+ *       {@code STOPPED records=C} to stderr). With {@code snapshot=initial} (an empty state dir)
+ *       the connector snapshots the table first ({@code snapshot.mode=initial}),
+ *       {@code snapshot_threads=T} setting {@code snapshot.max.threads}; the snapshot's records
+ *       are counted the same way (bench/mysql-catchup --mode snapshot).</li>
  * </ul>
  * Other keys: host, port, user, password, db, table (default t), state (directory),
  * server_id (default 5401), show_first (any value: print the first record to stderr).
@@ -84,6 +88,7 @@ public final class DebeziumCatchup {
         boolean kafka = a.getOrDefault("sink", "count").equals("kafka");
         boolean waitBatch = !a.getOrDefault("wait", "batch").equals("async");
         String prefix = a.getOrDefault("topic_prefix", "bench");
+        String snapshot = init ? "no_data" : a.getOrDefault("snapshot", "no_data");
 
         Properties p = new Properties();
         p.setProperty("name", "bench");
@@ -103,15 +108,20 @@ public final class DebeziumCatchup {
         if (!kafka) {
             p.setProperty("tombstones.on.delete", "false");
         }
-        // Offsets present on the second start: the snapshot is skipped, streaming resumes there.
-        p.setProperty("snapshot.mode", "no_data");
+        // no_data: offsets present on the second start, so the snapshot is skipped and streaming
+        // resumes there. initial (snapshot bench): an empty state dir, so the table is read first.
+        p.setProperty("snapshot.mode", snapshot);
+        if (a.containsKey("snapshot_threads")) {
+            p.setProperty("snapshot.max.threads", a.get("snapshot_threads"));
+        }
         p.setProperty("offset.storage", "org.apache.kafka.connect.storage.FileOffsetBackingStore");
         p.setProperty("offset.storage.file.filename", state + "/offsets.dat");
         p.setProperty("offset.flush.interval.ms", init ? "0" : "10000");
         p.setProperty("schema.history.internal", "io.debezium.storage.file.history.FileSchemaHistory");
         p.setProperty("schema.history.internal.file.filename", state + "/schema-history.dat");
-        // Keep the schema-only snapshot small and lock-free (the test bed is shared; nothing
-        // changes the bench table's schema while it runs).
+        // Keep the snapshot's schema part small and the snapshot lock-free (the test bed is
+        // shared; nothing writes to the bench table or changes its schema while it runs, so the
+        // position read without a lock is consistent with the rows).
         p.setProperty("schema.history.internal.store.only.captured.databases.ddl", "true");
         p.setProperty("snapshot.locking.mode", "none");
         // JSON without the Connect schema, like our output.
@@ -240,6 +250,9 @@ public final class DebeziumCatchup {
                 }
             } catch (IOException | InterruptedException e) {
                 // exiting anyway
+            }
+            if (!init) {
+                System.err.println("STOPPED records=" + count[0]);
             }
         }));
         exec.execute(engine);
