@@ -147,7 +147,7 @@ async fn mysql_snapshot_command_rereads_one_table_while_streaming_or_records_it(
     assert!(cdc.stop().success());
     let evs = events(&out);
     let later = &evs[first..];
-    let pause = longest_pause(later, "big", "small");
+    let pause = longest_pause_of_runs(&[later], "big", "small");
     eprintln!("longest pause of the stream while big was read again: {pause} ms");
     assert!(pause < 1000, "streaming paused {pause} ms while big was read again");
     let table: Vec<(i64, i64)> = c.query("SELECT id, v FROM big ORDER BY id").await.unwrap();
@@ -223,7 +223,7 @@ async fn postgres_snapshot_command_rereads_one_table_while_streaming_or_records_
     assert!(cdc.stop().success());
     let evs = events(&out);
     let later = &evs[first..];
-    let pause = longest_pause(later, "big", "small");
+    let pause = longest_pause_of_runs(&[later], "big", "small");
     eprintln!("longest pause of the stream while big was read again: {pause} ms");
     assert!(pause < 1000, "streaming paused {pause} ms while big was read again");
     let rows = c.query(&format!("SELECT id, v FROM {name}.big ORDER BY id"), &[]).await.unwrap();

@@ -368,17 +368,30 @@ pub fn read_alongside(later: &[Value], added: &str, other: &str, what: &str) -> 
 /// The longest time, by cdc's own clock (the envelope's `ts_ms`, when the event was
 /// encoded), between two consecutive streamed changes of `other` while `added` was read
 /// (between its first and last snapshot row in `evs`): how long streaming paused, given a
-/// writer that changes `other` without pause.
-pub fn longest_pause(evs: &[Value], added: &str, other: &str) -> i64 {
+/// writer that changes `other` without pause. None when `evs` holds no such read with two
+/// changes of `other` inside it.
+pub fn longest_pause(evs: &[Value], added: &str, other: &str) -> Option<i64> {
     let is =
         |e: &Value, table: &str, op: &str| e["value"]["source"]["table"] == table && e["value"]["op"] == op;
     let reads: Vec<usize> = (0..evs.len()).filter(|&i| is(&evs[i], added, "r")).collect();
-    let (Some(&from), Some(&to)) = (reads.first(), reads.last()) else { panic!("{added} was not read") };
+    let (&from, &to) = (reads.first()?, reads.last()?);
     let times: Vec<i64> = evs[from..=to]
         .iter()
         .filter(|e| is(e, other, "u"))
         .map(|e| e["value"]["ts_ms"].as_i64().expect("envelope ts_ms"))
         .collect();
-    assert!(times.len() > 1, "{other} was streamed while {added} was read");
-    times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0)
+    times.windows(2).map(|w| w[1] - w[0]).max()
+}
+
+/// Complete lines in the file at `path` now (a line torn by a `kill -9` is not counted).
+pub fn complete_lines(path: &Path) -> usize {
+    std::fs::read(path).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
+}
+
+/// The longest streaming pause (see [`longest_pause`]) within each run of `runs`, the
+/// slices of events one run wrote; at least one must hold a measurement.
+pub fn longest_pause_of_runs(runs: &[&[Value]], added: &str, other: &str) -> i64 {
+    let pauses: Vec<i64> = runs.iter().filter_map(|r| longest_pause(r, added, other)).collect();
+    assert!(!pauses.is_empty(), "{other} was streamed while {added} was read");
+    pauses.into_iter().max().expect("one")
 }

@@ -173,16 +173,29 @@ pub async fn plan(
 ) -> Result<Option<IncrementalProgress>> {
     let mut plan = resumed.incremental.as_deref().cloned().unwrap_or_default();
     // An offset stored before `captured` existed: what it captured is unknown, assume the same.
-    if let Some(before) = resumed.captured.as_deref().map(super::Filter::from_text) {
-        let mut conn =
-            mysql_async::Conn::new(opts.clone()).await.map_err(|e| classify(e, opts, "connect"))?;
-        for (db, table) in super::captured_tables(&mut conn, filter).await? {
-            let name = format!("{db}.{table}");
-            if !before.captures(&db, &table) && !plan.tables.contains(&name) {
+    let before = resumed.captured.as_deref().map(super::Filter::from_text);
+    if before.is_none() && plan.tables.is_empty() {
+        return Ok(None);
+    }
+    let mut conn = mysql_async::Conn::new(opts.clone()).await.map_err(|e| classify(e, opts, "connect"))?;
+    let now = super::captured_tables(&mut conn, filter).await?;
+    let _ = conn.disconnect().await;
+    let names: Vec<String> = now.iter().map(|(db, t)| format!("{db}.{t}")).collect();
+    // A table dropped (or no longer captured) since is not read.
+    if plan.tables.first().is_some_and(|t| !names.contains(t)) {
+        plan.last_key = None;
+    }
+    let gone: Vec<&String> = plan.tables.iter().filter(|t| !names.contains(t)).collect();
+    if !gone.is_empty() {
+        tracing::warn!(tables = ?gone, "not read alongside the stream: no longer captured");
+    }
+    plan.tables.retain(|t| names.contains(t));
+    if let Some(before) = before {
+        for ((db, table), name) in now.iter().zip(names) {
+            if !before.captures(db, table) && !plan.tables.contains(&name) {
                 plan.tables.push(name);
             }
         }
-        let _ = conn.disconnect().await;
     }
     Ok((!plan.tables.is_empty()).then_some(plan))
 }
