@@ -101,6 +101,19 @@ impl IncrementalProgress {
         plan
     }
 
+    /// Keeps only the tables captured `now` (a table dropped or no longer captured since is
+    /// not read; a warning names them).
+    pub fn keep_captured(&mut self, now: &[String]) {
+        if self.tables.first().is_some_and(|t| !now.contains(t)) {
+            self.last_key = None;
+        }
+        let gone: Vec<&String> = self.tables.iter().filter(|t| !now.contains(t)).collect();
+        if !gone.is_empty() {
+            tracing::warn!(tables = ?gone, "not read alongside the stream: no longer captured");
+        }
+        self.tables.retain(|t| now.contains(t));
+    }
+
     /// Moves past a delivered chunk of the first table, whose last key is `last_key`
     /// (None: the table is done). True when that ended an initial snapshot.
     pub fn advance(&mut self, last_key: Option<String>) -> bool {

@@ -181,15 +181,7 @@ pub async fn plan(
     let now = super::captured_tables(&mut conn, filter).await?;
     let _ = conn.disconnect().await;
     let names: Vec<String> = now.iter().map(|(db, t)| format!("{db}.{t}")).collect();
-    // A table dropped (or no longer captured) since is not read.
-    if plan.tables.first().is_some_and(|t| !names.contains(t)) {
-        plan.last_key = None;
-    }
-    let gone: Vec<&String> = plan.tables.iter().filter(|t| !names.contains(t)).collect();
-    if !gone.is_empty() {
-        tracing::warn!(tables = ?gone, "not read alongside the stream: no longer captured");
-    }
-    plan.tables.retain(|t| names.contains(t));
+    plan.keep_captured(&names);
     if let Some(before) = before {
         for ((db, table), name) in now.iter().zip(names) {
             if !before.captures(db, table) && !plan.tables.contains(&name) {

@@ -206,15 +206,7 @@ pub async fn plan(
         .into_iter()
         .map(|(_, s, t)| format!("{s}.{t}"))
         .collect();
-    // A table dropped (or no longer captured) since is not read.
-    if plan.tables.first().is_some_and(|t| !now.contains(t)) {
-        plan.last_key = None;
-    }
-    let gone: Vec<&String> = plan.tables.iter().filter(|t| !now.contains(t)).collect();
-    if !gone.is_empty() {
-        tracing::warn!(tables = ?gone, "not read alongside the stream: no longer captured");
-    }
-    plan.tables.retain(|t| now.contains(t));
+    plan.keep_captured(&now);
     // An offset stored before `captured` existed: what it captured is unknown, assume the same.
     if let Some(before) = resumed.captured.as_deref().map(Filter::from_text) {
         for name in now {
