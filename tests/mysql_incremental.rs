@@ -26,6 +26,25 @@ pub async fn writer(db: String, rows: i64, stop: std::sync::Arc<std::sync::atomi
     n
 }
 
+/// Until `done`: how many connections the server saw reading chunks of `db`.`big`, and the
+/// most it saw at once (sampled without pause: a chunk's read takes milliseconds).
+async fn chunk_readers(db: String, done: std::sync::Arc<std::sync::atomic::AtomicBool>) -> (usize, usize) {
+    let mut c = mysql().await;
+    let (mut ids, mut most) = (std::collections::HashSet::new(), 0);
+    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+        let now: Vec<u64> = c
+            .exec(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND INFO LIKE ?",
+                (format!("SELECT %FROM `{db}`.`big`%"),),
+            )
+            .await
+            .unwrap();
+        most = most.max(now.len());
+        ids.extend(now);
+    }
+    (ids.len(), most)
+}
+
 #[tokio::test]
 async fn a_table_added_to_tables_is_read_alone_alongside_the_stream_and_survives_kill_9() {
     let _s = SERVER.read().await;
@@ -63,7 +82,18 @@ async fn a_table_added_to_tables_is_read_alone_alongside_the_stream_and_survives
     cdc.kill();
     let killed = complete_lines(&out);
     let mut cdc = Running::mysql(&dir, &both, &[]);
+    // From this run's first read (the killed run's last read may still be running).
+    cdc.wait_log("alongside the stream", T).await;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers = tokio::spawn(chunk_readers(db.clone(), done.clone()));
     cdc.wait_log("incremental snapshot of table finished", T).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (connections, at_once) = readers.await.unwrap();
+    eprintln!("big was read on {connections} connections, up to {at_once} reads at once");
+    assert!(
+        connections >= 2,
+        "--snapshot-parallelism 2 (the default) read big on {connections} connection(s)"
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let updates = w.await.unwrap();
     c.query_drop("UPDATE small SET v = -1 WHERE id = 1").await.unwrap();

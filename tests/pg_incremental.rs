@@ -27,6 +27,27 @@ pub async fn writer(schema: String, rows: i64, stop: Arc<AtomicBool>) -> u64 {
     n
 }
 
+/// Until `done`: how many connections the server saw reading chunks of `schema`.big (the
+/// last query of an idle one counts), and the most it saw at once.
+async fn chunk_readers(schema: String, done: Arc<AtomicBool>) -> (usize, usize) {
+    let c = pg().await;
+    let (mut pids, mut most) = (std::collections::HashSet::new(), 0);
+    while !done.load(Ordering::Relaxed) {
+        let rows = c
+            .query(
+                "SELECT pid, state = 'active' FROM pg_stat_activity WHERE pid <> pg_backend_pid() \
+                 AND query LIKE 'COPY (SELECT %' AND query LIKE '%' || $1 || '%big%'",
+                &[&schema],
+            )
+            .await
+            .unwrap();
+        most = most.max(rows.iter().filter(|r| r.get::<_, bool>(1)).count());
+        pids.extend(rows.iter().map(|r| r.get::<_, i32>(0)));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (pids.len(), most)
+}
+
 #[tokio::test]
 async fn a_table_added_to_tables_is_read_alone_alongside_the_stream_and_survives_kill_9() {
     let name = unique("pgincr");
@@ -62,7 +83,18 @@ async fn a_table_added_to_tables_is_read_alone_alongside_the_stream_and_survives
     cdc.kill();
     let killed = complete_lines(&out);
     let mut cdc = Running::postgres(&dir, &name, &both, &[]);
+    // From this run's first read (the killed run's last read may still be running).
+    cdc.wait_log("alongside the stream", T).await;
+    let done = Arc::new(AtomicBool::new(false));
+    let readers = tokio::spawn(chunk_readers(name.clone(), done.clone()));
     cdc.wait_log("incremental snapshot of table finished", T).await;
+    done.store(true, Ordering::Relaxed);
+    let (connections, at_once) = readers.await.unwrap();
+    eprintln!("big was read on {connections} connections, up to {at_once} reads at once");
+    assert!(
+        connections >= 2,
+        "--snapshot-parallelism 2 (the default) read big on {connections} connection(s)"
+    );
     stop.store(true, Ordering::Relaxed);
     let updates = w.await.unwrap();
     let c = pg().await;

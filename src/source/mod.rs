@@ -7,6 +7,7 @@ use crate::position::Position;
 
 pub mod check;
 mod filter;
+pub(crate) mod lanes;
 pub mod mysql;
 pub mod postgres;
 pub mod progress;

@@ -127,11 +127,38 @@ impl Shape {
         let mut list: Vec<String> = self.cols.iter().map(|c| ident(&c.name)).collect();
         let key: Vec<&Col> = self.key().iter().map(|&i| &self.cols[i]).collect();
         list.extend(key.iter().filter(|c| c.by_index()).map(|c| format!("{} + 0", ident(&c.name))));
-        let mut sql = format!("SELECT {} FROM {}.{}", list.join(", "), ident(&self.db), ident(&self.table));
+        let sql = format!("SELECT {} FROM {}.{}", list.join(", "), ident(&self.db), ident(&self.table));
+        match &self.order {
+            Order::Index(..) => format!("{sql}{} LIMIT {limit}", self.range(after)),
+            Order::Scan => sql,
+        }
+    }
+
+    /// The SQL of the boundaries `offset` rows and `offset + 1` rows into the chunk after
+    /// `after` (parameters as [`Shape::sql`]'s): the key columns alone, an ENUM/SET by its
+    /// index, so each row is a boundary as [`Shape::boundary`] gives it. Read in the same
+    /// consistent read as the chunk, the first is the chunk's last key, and the second
+    /// says whether the table goes on after it.
+    pub fn bound_sql(&self, after: bool, offset: u64) -> String {
+        let key: Vec<String> = self
+            .key()
+            .iter()
+            .map(|&i| match self.cols[i].by_index() {
+                true => format!("{} + 0", ident(&self.cols[i].name)),
+                false => ident(&self.cols[i].name),
+            })
+            .collect();
+        let from = format!("SELECT {} FROM {}.{}", key.join(", "), ident(&self.db), ident(&self.table));
+        format!("{from}{} LIMIT {offset}, 2", self.range(after))
+    }
+
+    /// ` FORCE INDEX (..) [WHERE key > after] ORDER BY key` of a table with a chunk index.
+    fn range(&self, after: bool) -> String {
         let Order::Index(index, _) = &self.order else {
-            return sql;
+            return String::new();
         };
-        sql.push_str(&format!(" FORCE INDEX ({})", ident(index)));
+        let key: Vec<&Col> = self.key().iter().map(|&i| &self.cols[i]).collect();
+        let mut sql = format!(" FORCE INDEX ({})", ident(index));
         if after {
             let terms: Vec<String> = (0..key.len())
                 .map(|n| {
@@ -144,7 +171,7 @@ impl Shape {
             sql.push_str(&format!(" WHERE {}", terms.join(" OR ")));
         }
         let by: Vec<String> = key.iter().map(|c| ident(&c.name)).collect();
-        sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", by.join(", ")));
+        sql.push_str(&format!(" ORDER BY {}", by.join(", ")));
         sql
     }
 
@@ -381,6 +408,14 @@ mod tests {
                 "SELECT `e`, `s`, `n`, `v`, `e` + 0 FROM `d`.`t``x` FORCE INDEX (`PRIMARY`) WHERE (`e` > ?) OR \
                  (`e` = ? AND `s` > {conv}) OR (`e` = ? AND `s` = {conv} AND `n` > {dec}) ORDER BY `e`, `s`, `n` LIMIT 7"
             )
+        );
+        assert_eq!(
+            s.bound_sql(true, 6),
+            format!(
+                "SELECT `e` + 0, `s`, `n` FROM `d`.`t``x` FORCE INDEX (`PRIMARY`) WHERE (`e` > ?) OR \
+                 (`e` = ? AND `s` > {conv}) OR (`e` = ? AND `s` = {conv} AND `n` > {dec}) ORDER BY `e`, `s`, `n` LIMIT 6, 2"
+            ),
+            "the keys alone, an ENUM by its index: a boundary as the chunk's rows give it"
         );
         let row_bound =
             vec![MyValue::UInt(2), MyValue::Bytes(b"x'\\".to_vec()), MyValue::Bytes(b"1.5".to_vec())];

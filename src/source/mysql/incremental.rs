@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::event::{ChangeEvent, Source, Table, Value};
 use crate::position::{BinlogPosition, IncrementalProgress, Position, SnapshotProgress};
 use crate::source::SourceMessage;
+use crate::source::lanes::Lanes;
 use mysql_async::prelude::Queryable;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -55,17 +56,23 @@ fn after(p: &BinlogPosition, low: &BinlogPosition) -> bool {
 
 impl Incremental {
     /// Starts reading `progress.tables` (the first from after `progress.last_key`).
-    /// Rows carry `server_id` (the server's `@@server_id`) as its binlog events do.
-    pub fn start(opts: mysql_async::Opts, progress: IncrementalProgress, server_id: u32) -> Incremental {
-        // One chunk read ahead at most: memory stays at a few chunks.
+    /// Rows carry `server_id` (the server's `@@server_id`) as its binlog events do; up to
+    /// `parallelism` chunks are read at once.
+    pub fn start(
+        opts: mysql_async::Opts,
+        progress: IncrementalProgress,
+        server_id: u32,
+        parallelism: usize,
+    ) -> Incremental {
+        // One chunk read ahead, and one per connection, at most: memory stays at a few chunks.
         let (tx, chunks) = mpsc::channel(1);
         let plan = progress.clone();
         tokio::spawn(async move {
-            if let Err(e) = read_chunks(opts, plan, &tx).await {
+            if let Err(e) = read_chunks(opts, plan, parallelism, &tx).await {
                 let _ = tx.send(Err(e)).await;
             }
         });
-        tracing::info!(tables = ?progress.tables, "reading tables added to --tables alongside the stream");
+        tracing::info!(tables = ?progress.tables, parallelism, "reading tables added to --tables alongside the stream");
         Incremental { progress, chunks, waiting: None, changed: HashMap::new(), floor: None, server_id }
     }
 
@@ -219,19 +226,38 @@ pub async fn continue_snapshot(
     Ok(Some(IncrementalProgress::continuing(progress, left)))
 }
 
-/// Reads the planned tables chunk by chunk, each chunk in its own consistent read.
+/// Reads the planned tables chunk by chunk, each chunk in its own consistent read, up to
+/// `parallelism` chunks at once on as many connections ([`Lanes`]), delivered in key order.
 async fn read_chunks(
     opts: mysql_async::Opts,
     plan: IncrementalProgress,
+    parallelism: usize,
     tx: &mpsc::Sender<Result<Chunk>>,
 ) -> Result<()> {
-    let mut conn = mysql_async::Conn::new(opts.clone())
-        .await
-        .map_err(|e| classify(e, &opts, "connect for the incremental snapshot"))?;
-    super::snapshot::prepare_session(&mut conn).await?;
+    let mut conns = Vec::new();
+    for _ in 0..parallelism.max(1) {
+        let mut conn = mysql_async::Conn::new(opts.clone())
+            .await
+            .map_err(|e| classify(e, &opts, "connect for the incremental snapshot"))?;
+        super::snapshot::prepare_session(&mut conn).await?;
+        conns.push(conn);
+    }
+    let mut lanes = Lanes::new(conns);
+    let send = |done: Option<Chunk>| async {
+        match done {
+            Some(chunk) => tx.send(Ok(chunk)).await.is_ok(),
+            None => true,
+        }
+    };
     for (i, qualified) in plan.tables.iter().enumerate() {
         let (db, table) = qualified.split_once('.').unwrap_or(("", qualified));
-        let shape = chunk::shape(&mut conn, db, table).await?;
+        let (mut conn, done) = lanes.free().await?;
+        let shape = chunk::shape(&mut conn, db, table).await;
+        lanes.give_back(conn);
+        let shape = Arc::new(shape?);
+        if !send(done).await {
+            return Ok(());
+        }
         if shape.order == Order::Scan {
             return Err(Error::config(format!(
                 "{qualified} was added to --tables but has no primary key or unique NOT NULL index, which reading it \
@@ -244,51 +270,87 @@ async fn read_chunks(
             _ => None,
         };
         loop {
-            let (rows, (low, high), last) = read_one(&mut conn, &shape, after.as_deref()).await?;
-            let last_key = last.as_ref().map(|b| chunk::boundary_json(b));
-            if tx.send(Ok(Chunk { table: table.clone(), rows, low, high, last_key })).await.is_err() {
+            let (mut conn, done) = lanes.free().await?;
+            if !send(done).await {
                 return Ok(());
             }
+            // The read view and the chunk's last key, one chunk at a time: every chunk's
+            // view is taken after the one before it (see `Incremental::emit`).
+            let (marks, last) = begin(&mut conn, &shape, after.as_deref()).await?;
+            let (shape, table, from) = (shape.clone(), table.clone(), after.take());
+            let last_key = last.as_ref().map(|b| chunk::boundary_json(b));
+            lanes.start(async move {
+                let rows = read_rows(&mut conn, &shape, from.as_deref()).await;
+                let chunk = rows.map(|rows| Chunk { table, rows, low: marks.0, high: marks.1, last_key });
+                (conn, chunk)
+            });
             match last {
                 Some(b) => after = Some(b),
                 None => break,
             }
         }
     }
+    while let Some(done) = lanes.next().await {
+        if !send(Some(done?)).await {
+            break;
+        }
+    }
     Ok(())
+}
+
+/// Rows per chunk read alongside the stream at most: the stream emits a chunk in one go,
+/// and the other tables' changes wait behind it meanwhile (as on Postgres).
+const ROWS_PER_CHUNK: u64 = 4_096;
+
+/// The rows of each chunk of `shape` read alongside the stream: fewer for large rows.
+fn rows_per_chunk(shape: &Shape) -> u64 {
+    shape.chunk_rows.clamp(1, ROWS_PER_CHUNK)
 }
 
 /// The binlog positions just before and just after a chunk's read view.
 type Watermarks = (BinlogPosition, BinlogPosition);
 
-/// One chunk after `after`: its rows, its watermarks, and its last key when the table goes
-/// on.
-async fn read_one(
+/// Starts the consistent read of the chunk after `after`: its watermarks, and its last key
+/// when the table goes on after it.
+async fn begin(
     conn: &mut mysql_async::Conn,
     shape: &Shape,
     after: Option<&[mysql_async::Value]>,
-) -> Result<(Vec<Vec<Value>>, Watermarks, Option<Vec<mysql_async::Value>>)> {
+) -> Result<(Watermarks, Option<Vec<mysql_async::Value>>)> {
+    let opts = conn.opts().clone();
+    let err = |e| classify(e, &opts, &format!("find the end of a chunk of {}", shape.qualified()));
+    let marks = watermark(conn).await?;
+    let params = after.map(|b| shape.params(b)).unwrap_or_default();
+    // The chunk's last key and the one after it: an index scan of the keys alone.
+    let bounds: Vec<mysql_async::Row> =
+        conn.exec(shape.bound_sql(after.is_some(), rows_per_chunk(shape) - 1), params).await.map_err(err)?;
+    let last = match bounds.len() {
+        2 => Some(bounds[0].clone().unwrap()),
+        _ => None,
+    };
+    Ok((marks, last))
+}
+
+/// The rows of the chunk after `after` in the consistent read [`begin`] started, which it
+/// then ends.
+async fn read_rows(
+    conn: &mut mysql_async::Conn,
+    shape: &Shape,
+    after: Option<&[mysql_async::Value]>,
+) -> Result<Vec<Vec<Value>>> {
     let opts = conn.opts().clone();
     let qualified = shape.qualified();
     let err = |e| classify(e, &opts, &format!("read a chunk of {qualified}"));
-    let marks = watermark(conn).await?;
     let params = after.map(|b| shape.params(b)).unwrap_or_default();
-    // One row more than a chunk says whether the table goes on (so that no chunk is empty but
-    // an empty table's, and an initial snapshot's final row can be marked).
-    let sql = shape.sql_limit(after.is_some(), shape.chunk_rows + 1);
+    let sql = shape.sql_limit(after.is_some(), rows_per_chunk(shape));
     let mut result = conn.exec_iter(sql, params).await.map_err(err)?;
-    let (mut rows, mut last, mut more) = (Vec::new(), None, false);
+    let mut rows = Vec::new();
     while let Some(row) = result.next().await.map_err(err)? {
-        if rows.len() as u64 == shape.chunk_rows {
-            more = true;
-            continue;
-        }
-        last = Some(shape.boundary(&row));
         rows.push(map_row(row, shape.cols.len(), &qualified)?.0);
     }
     drop(result);
     conn.query_drop("COMMIT").await.map_err(err)?;
-    Ok((rows, marks, last.filter(|_| more)))
+    Ok(rows)
 }
 
 /// Starts a consistent read and returns the binlog positions before and after its read

@@ -162,9 +162,9 @@ impl MysqlSource {
         preflight::require(config, &opts, resume.as_ref()).await?;
         let (tx, batches) = crate::source::Batches::channel(SOURCE_CHANNEL);
         let filter = Filter::new(config);
-        let (server_id, mode) = (config.server_id, config.snapshot);
+        let (server_id, mode, parallelism) = (config.server_id, config.snapshot, config.snapshot_parallelism);
         let task = tokio::spawn(async move {
-            let result = run(opts, server_id, mode, filter, resume, tx.clone()).await;
+            let result = run(opts, server_id, mode, parallelism, filter, resume, tx.clone()).await;
             if let Err(e) = result {
                 let _ = tx.send(Err(e)).await;
             }
@@ -177,6 +177,7 @@ async fn run(
     opts: mysql_async::Opts,
     server_id: u32,
     mode: SnapshotMode,
+    parallelism: usize,
     filter: Filter,
     resume: Option<BinlogPosition>,
     tx: Tx,
@@ -220,7 +221,7 @@ async fn run(
         SnapshotMode::Never => None,
         _ => incremental::plan(&opts, &filter, &start).await?,
     };
-    stream::stream(opts, server_id, filter, start, incremental, tx).await
+    stream::stream(opts, server_id, filter, start, incremental, parallelism, tx).await
 }
 
 /// The server's current binlog end (where `--snapshot never` starts).

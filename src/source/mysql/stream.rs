@@ -32,6 +32,7 @@ pub async fn stream(
     filter: Filter,
     start: BinlogPosition,
     incremental: Option<IncrementalProgress>,
+    parallelism: usize,
     tx: Tx,
 ) -> Result<()> {
     let captured: Arc<str> = filter.text().into();
@@ -80,7 +81,7 @@ pub async fn stream(
     }
     let mut reader = Reader::new(filter, &start, Some(server.identity.clone())).with_charsets(charsets);
     let mut out = Vec::with_capacity(64);
-    let mut inc = incremental.map(|p| Incremental::start(opts.clone(), p, server.server_id));
+    let mut inc = incremental.map(|p| Incremental::start(opts.clone(), p, server.server_id, parallelism));
     let stamp = |out: &mut Vec<SourceMessage>, inc: &Option<Incremental>| {
         for m in out.iter_mut() {
             if let SourceMessage::Commit(Position::Mysql(p)) = m {

@@ -19,6 +19,7 @@ use super::snapshot::{self, Piece};
 use crate::error::{Error, Result};
 use crate::event::{ChangeEvent, Op, Source, Table, Value};
 use crate::position::{IncrementalProgress, PgPosition, Position, SnapshotProgress};
+use crate::source::lanes::Lanes;
 use crate::source::{Filter, SourceMessage};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -79,16 +80,23 @@ pub struct Incremental {
 
 impl Incremental {
     /// Starts reading `progress.tables` (the first from after `progress.last_key`).
-    pub fn start(params: Params, filter: Filter, progress: IncrementalProgress, db: &str) -> Incremental {
-        // One chunk read ahead at most: memory stays at a few chunks.
+    /// Up to `parallelism` chunks are read at once.
+    pub fn start(
+        params: Params,
+        filter: Filter,
+        progress: IncrementalProgress,
+        db: &str,
+        parallelism: usize,
+    ) -> Incremental {
+        // One chunk read ahead, and one per connection, at most: memory stays at a few chunks.
         let (tx, chunks) = mpsc::channel(1);
         let plan = progress.clone();
         tokio::spawn(async move {
-            if let Err(e) = read_chunks(&params, &filter, plan, &tx).await {
+            if let Err(e) = read_chunks(&params, &filter, plan, parallelism, &tx).await {
                 let _ = tx.send(Err(e)).await;
             }
         });
-        tracing::info!(tables = ?progress.tables, "reading tables added to --tables alongside the stream");
+        tracing::info!(tables = ?progress.tables, parallelism, "reading tables added to --tables alongside the stream");
         Incremental { progress, chunks, waiting: None, changed: HashMap::new(), floor: None, db: db.into() }
     }
 
@@ -244,16 +252,33 @@ pub async fn continue_snapshot(
     Ok(Some(IncrementalProgress::continuing(progress, left)))
 }
 
-/// Reads the planned tables chunk by chunk, each chunk at its own snapshot.
+/// Reads the planned tables chunk by chunk, each chunk at its own snapshot, up to
+/// `parallelism` chunks at once on as many connections ([`Lanes`]), delivered in key order.
 async fn read_chunks(
     params: &Params,
     filter: &Filter,
     plan: IncrementalProgress,
+    parallelism: usize,
     tx: &mpsc::Sender<Result<Chunk>>,
 ) -> Result<()> {
     let client = params.sql("connect for the incremental snapshot").await?;
+    let mut conns = vec![];
+    for _ in 1..parallelism.max(1) {
+        conns.push(params.sql("connect for the incremental snapshot").await?);
+    }
     let tables = catalog::captured(&client, params, filter).await?;
+    conns.push(client);
+    let mut lanes = Lanes::new(conns);
     let mut types = Types::default();
+    // The row count of the next chunk, from the last one delivered.
+    let mut limit = FIRST_ROWS;
+    let send = async |done: Option<(Chunk, usize, i64)>, limit: &mut i64| match done {
+        Some((chunk, bytes, asked)) => {
+            *limit = next_limit(asked, chunk.rows.len(), bytes);
+            tx.send(Ok(chunk)).await.is_ok()
+        }
+        None => true,
+    };
     for (i, qualified) in plan.tables.iter().enumerate() {
         let Some(&(oid, _, _)) = tables.iter().find(|(_, s, t)| format!("{s}.{t}") == *qualified) else {
             // The next attempt plans without it.
@@ -261,7 +286,13 @@ async fn read_chunks(
                 "{qualified}, to be read alongside the stream, was dropped or renamed meanwhile: will retry without it"
             )));
         };
-        let info = catalog::describe(&client, params, &mut types, oid).await?;
+        let (client, done) = lanes.free().await?;
+        let info = catalog::describe(&client, params, &mut types, oid).await;
+        lanes.give_back(client);
+        let info = Arc::new(info?);
+        if !send(done, &mut limit).await {
+            return Ok(());
+        }
         if info.table.key.is_empty() {
             return Err(Error::config(format!(
                 "{qualified} was added to --tables but has no primary key, which reading it alongside the stream \
@@ -272,18 +303,28 @@ async fn read_chunks(
             0 => plan.last_key.as_deref().and_then(|k| serde_json::from_str::<Vec<String>>(k).ok()),
             _ => None,
         };
-        let mut limit = FIRST_ROWS;
         loop {
-            let (chunk, bytes) = read_one(&client, params, &info, after.as_deref(), limit).await?;
-            limit = next_limit(limit, chunk.rows.len(), bytes);
-            after = chunk.last_key.as_deref().and_then(|k| serde_json::from_str(k).ok());
-            let more = chunk.last_key.is_some();
-            if tx.send(Ok(chunk)).await.is_err() {
+            let (client, done) = lanes.free().await?;
+            if !send(done, &mut limit).await {
                 return Ok(());
             }
-            if !more {
+            // The snapshot and the chunk's last key, one chunk at a time: every chunk's
+            // snapshot is taken after the one before it (see `Incremental::emit`).
+            let begun = begin(&client, params, &info, after.as_deref(), limit).await?;
+            after = begun.upper.clone().filter(|_| !begun.ends);
+            let (p, t, asked) = (params.clone(), info.clone(), limit);
+            lanes.start(async move {
+                let read = read_rows(&client, &p, &t, begun).await;
+                (client, read.map(|(chunk, bytes)| (chunk, bytes, asked)))
+            });
+            if after.is_none() {
                 break;
             }
+        }
+    }
+    while let Some(done) = lanes.next().await {
+        if !send(Some(done?), &mut limit).await {
+            break;
         }
     }
     Ok(())
@@ -296,17 +337,29 @@ fn next_limit(limit: i64, rows: usize, bytes: usize) -> i64 {
     ((CHUNK_BYTES / per_row) as i64).min(limit.saturating_mul(2)).clamp(1, CHUNK_ROWS)
 }
 
-/// One chunk of `limit` rows at most after key `after`, at a new snapshot: its rows, what
-/// the snapshot sees, the high watermark, and its last key when the table goes on; and its
-/// size in COPY text.
-async fn read_one(
+/// A chunk whose snapshot is taken and whose rows are still to read.
+struct Begun {
+    view: View,
+    high: u64,
+    /// Rows after this key (a table's first chunk when None).
+    after: Option<Vec<String>>,
+    /// The chunk's last key (typed literals); None for an empty rest of the table.
+    upper: Option<Vec<String>>,
+    /// The table ends with this chunk.
+    ends: bool,
+}
+
+/// Starts the chunk of `limit` rows at most after key `after` at a new snapshot: what the
+/// snapshot sees, the high watermark, and the chunk's last key, rendered by the server
+/// from the key columns alone (an index scan).
+async fn begin(
     client: &Client,
     p: &Params,
     t: &TableInfo,
     after: Option<&[String]>,
     limit: i64,
-) -> Result<(Chunk, usize)> {
-    let doing = format!("read a chunk of {} alongside the stream", t.table.qualified());
+) -> Result<Begun> {
+    let doing = format!("start a chunk of {} alongside the stream", t.table.qualified());
     let err = |e| p.classify(e, &doing);
     client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(err)?;
     // The first statement takes the transaction's snapshot; the insert position read in it
@@ -329,9 +382,8 @@ async fn read_one(
     let high = page_start(row.get::<_, i64>(3) as u64);
     let (keys, tuple) = snapshot::key_columns(t);
     let lower = after.map(|a| format!(" WHERE {tuple} > {}", snapshot::lits(a))).unwrap_or_default();
-    // The chunk's last key, rendered by the server from the key columns alone (an index
-    // scan): `limit` rows at most, and whether the table ends there (so that its final row
-    // can be marked, no chunk is empty but an empty table's).
+    // `limit` rows at most, and whether the table ends there (so that its final row can be
+    // marked, no chunk is empty but an empty table's).
     let bound = format!(
         "SELECT {}, cdc_m <= {limit} FROM (SELECT {}, row_number() OVER (ORDER BY {}) AS cdc_n, \
          count(*) OVER () AS cdc_m FROM (SELECT {} FROM {}{lower} ORDER BY {} LIMIT {}) s) x \
@@ -345,13 +397,22 @@ async fn read_one(
         limit + 1, // one more row than the chunk: whether the table ends with it
     );
     let upper = client.query_opt(&bound, &[]).await.map_err(err)?;
+    let (upper, ends) = match upper {
+        Some(r) => (Some(snapshot::typed_key(t, &r)), r.get::<_, bool>(keys.len())),
+        None => (None, true),
+    };
+    Ok(Begun { view, high, after: after.map(<[String]>::to_vec), upper, ends })
+}
+
+/// Reads the rows of a chunk [`begin`] started, and ends its transaction: the chunk, and
+/// its size in COPY text.
+async fn read_rows(client: &Client, p: &Params, t: &TableInfo, b: Begun) -> Result<(Chunk, usize)> {
+    let doing = format!("read a chunk of {} alongside the stream", t.table.qualified());
     let (mut rows, mut bytes) = (Vec::new(), 0);
-    let mut last_key = None;
-    if let Some(r) = upper {
-        let upper = snapshot::typed_key(t, &r);
-        let ends = r.get::<_, bool>(keys.len());
-        let mut filter = format!("{tuple} <= {}", snapshot::lits(&upper));
-        if let Some(a) = after {
+    if let Some(upper) = &b.upper {
+        let (_, tuple) = snapshot::key_columns(t);
+        let mut filter = format!("{tuple} <= {}", snapshot::lits(upper));
+        if let Some(a) = &b.after {
             filter = format!("{tuple} > {} AND {filter}", snapshot::lits(a));
         }
         let chunk = snapshot::Chunk { table: 0, filter, upper: None };
@@ -374,12 +435,10 @@ async fn read_one(
         let (read, collected) = tokio::join!(read, collect);
         read?;
         collected?;
-        if !ends {
-            last_key = serde_json::to_string(&upper).ok();
-        }
     }
-    client.batch_execute("COMMIT").await.map_err(err)?;
-    Ok((Chunk { table: t.table.clone(), rows, view, high, last_key }, bytes))
+    client.batch_execute("COMMIT").await.map_err(|e| p.classify(e, &doing))?;
+    let last_key = b.upper.filter(|_| !b.ends).and_then(|u| serde_json::to_string(&u).ok());
+    Ok((Chunk { table: t.table.clone(), rows, view: b.view, high: b.high, last_key }, bytes))
 }
 
 /// An insert position just after a page header is the end of the record that filled the

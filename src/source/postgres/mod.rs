@@ -208,6 +208,7 @@ async fn run(s: Settings, resume: Option<PgPosition>, tx: Tx, acks: watch::Recei
         spill_dir: s.spill_dir,
         db: s.db,
         incremental,
+        parallelism: s.parallelism,
     };
     stream::run(stream, start, tx, acks).await
 }

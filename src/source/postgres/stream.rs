@@ -54,6 +54,8 @@ pub struct Stream {
     pub db: String,
     /// Tables to read alongside the stream, if any.
     pub incremental: Option<IncrementalProgress>,
+    /// Chunks of them read at once.
+    pub parallelism: usize,
 }
 
 /// Streams from `start` until an error; `acks` carries the last stored LSN.
@@ -78,7 +80,10 @@ pub async fn run(
     let (proto, streaming) = super::slot::protocol(conn.server_version);
     tracing::info!(slot = %s.slot, lsn = %format_lsn(start), server = conn.server_version, proto, "streaming from the slot");
     let status_every = status_interval(&client, &s.params).await?;
-    let inc = s.incremental.clone().map(|p| Incremental::start(s.params.clone(), s.filter.clone(), p, &s.db));
+    let inc = s
+        .incremental
+        .clone()
+        .map(|p| Incremental::start(s.params.clone(), s.filter.clone(), p, &s.db, s.parallelism));
     let mut st = State {
         captured: s.filter.text().into(),
         inc,
