@@ -74,7 +74,8 @@ pub struct Flags {
     /// MySQL replica server id for the binlog dump [default: derived from --name]
     #[arg(long, env = "CDC_SERVER_ID", hide_env_values = true, value_name = "ID")]
     pub server_id: Option<String>,
-    /// Connections reading snapshot chunks at once (Postgres) [default: 2]
+    /// Connections reading snapshot chunks at once: the Postgres initial snapshot, and tables
+    /// read alongside the stream (both sources) [default: 2]
     #[arg(long, env = "CDC_SNAPSHOT_PARALLELISM", hide_env_values = true, value_name = "N")]
     pub snapshot_parallelism: Option<usize>,
     /// Postgres replication slot [default: cdc_<name>]

@@ -32,13 +32,16 @@ async fn chunk_readers(db: String, done: std::sync::Arc<std::sync::atomic::Atomi
     let mut c = mysql().await;
     let (mut ids, mut most) = (std::collections::HashSet::new(), 0);
     while !done.load(std::sync::atomic::Ordering::Relaxed) {
-        let now: Vec<u64> = c
-            .exec(
-                "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND INFO LIKE ?",
-                (format!("SELECT %FROM `{db}`.`big`%"),),
-            )
-            .await
-            .unwrap();
+        // SHOW, not information_schema: that builds a temporary table per query.
+        let list: Vec<mysql_async::Row> = c.query("SHOW FULL PROCESSLIST").await.unwrap();
+        let from = format!("FROM `{db}`.`big`");
+        let now: Vec<u64> = list
+            .iter()
+            .filter_map(|r| {
+                let info: Option<String> = r.get(7)?;
+                info.filter(|i| i.starts_with("SELECT") && i.contains(&from)).and(r.get(0))
+            })
+            .collect();
         most = most.max(now.len());
         ids.extend(now);
     }

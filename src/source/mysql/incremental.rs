@@ -1,8 +1,8 @@
 //! Tables read alongside the stream (a table that starts matching `--tables` between two
 //! runs), read-only: the DBLog watermark idea without a watermark table.
 //!
-//! A reader task reads one key-range chunk at a time in its own consistent-read
-//! transaction and notes the binlog positions just before (low) and after (high) its read
+//! A reader task reads key-range chunks (up to `--snapshot-parallelism` at once, on as many
+//! connections: `source/lanes.rs`), each in its own consistent-read transaction, and notes the binlog positions just before (low) and after (high) its read
 //! view: MariaDB reports the view's position exactly (`binlog_snapshot_file/position`,
 //! low = high); on MySQL they are the binlog end read around the transaction's start. The
 //! stream holds the chunk until it has passed the high watermark and is between
@@ -48,10 +48,18 @@ pub struct Incremental {
     floor: Option<BinlogPosition>,
     /// `source.server_id` of the rows.
     server_id: u32,
+    /// The reader task: stopped with the stream (its reads and connections with it).
+    reader: tokio::task::AbortHandle,
 }
 
 fn after(p: &BinlogPosition, low: &BinlogPosition) -> bool {
     p.coords_cmp(low).is_none_or(|o| o.is_gt())
+}
+
+impl Drop for Incremental {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 impl Incremental {
@@ -67,13 +75,22 @@ impl Incremental {
         // One chunk read ahead, and one per connection, at most: memory stays at a few chunks.
         let (tx, chunks) = mpsc::channel(1);
         let plan = progress.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             if let Err(e) = read_chunks(opts, plan, parallelism, &tx).await {
                 let _ = tx.send(Err(e)).await;
             }
         });
         tracing::info!(tables = ?progress.tables, parallelism, "reading tables added to --tables alongside the stream");
-        Incremental { progress, chunks, waiting: None, changed: HashMap::new(), floor: None, server_id }
+        let reader = reader.abort_handle();
+        Incremental {
+            progress,
+            chunks,
+            waiting: None,
+            changed: HashMap::new(),
+            floor: None,
+            server_id,
+            reader,
+        }
     }
 
     /// The progress to store with every position.

@@ -2,8 +2,9 @@
 //! runs), read-only: the DBLog watermark idea without a watermark table, as on MySQL
 //! (`source/mysql/incremental.rs`).
 //!
-//! A reader task reads one key-range chunk at a time on its own connection, each in its
-//! own `REPEATABLE READ` transaction whose first statement notes the transaction's snapshot
+//! A reader task reads key-range chunks on connections of its own (up to
+//! `--snapshot-parallelism` at once, `source/lanes.rs`), each in its own `REPEATABLE READ`
+//! transaction whose first statement notes the transaction's snapshot
 //! (which transactions it sees) and the WAL insert position (the high watermark: every
 //! transaction the snapshot sees has its commit record before it). The stream holds the
 //! chunk until it has passed the high watermark and is between transactions, then drops
@@ -76,6 +77,14 @@ pub struct Incremental {
     /// The snapshot of the last chunk emitted.
     floor: Option<View>,
     db: Arc<str>,
+    /// The reader task: stopped with the stream (its reads and connections with it).
+    reader: tokio::task::AbortHandle,
+}
+
+impl Drop for Incremental {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 impl Incremental {
@@ -91,13 +100,22 @@ impl Incremental {
         // One chunk read ahead, and one per connection, at most: memory stays at a few chunks.
         let (tx, chunks) = mpsc::channel(1);
         let plan = progress.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             if let Err(e) = read_chunks(&params, &filter, plan, parallelism, &tx).await {
                 let _ = tx.send(Err(e)).await;
             }
         });
         tracing::info!(tables = ?progress.tables, parallelism, "reading tables added to --tables alongside the stream");
-        Incremental { progress, chunks, waiting: None, changed: HashMap::new(), floor: None, db: db.into() }
+        let reader = reader.abort_handle();
+        Incremental {
+            progress,
+            chunks,
+            waiting: None,
+            changed: HashMap::new(),
+            floor: None,
+            db: db.into(),
+            reader,
+        }
     }
 
     /// The progress to store with every position.
@@ -270,11 +288,14 @@ async fn read_chunks(
     conns.push(client);
     let mut lanes = Lanes::new(conns);
     let mut types = Types::default();
-    // The row count of the next chunk, from the last one delivered.
+    // The row count of the next chunk of table `now`, from the last of its chunks delivered
+    // (a chunk of the table before, still in flight, says nothing of this one's rows).
     let mut limit = FIRST_ROWS;
-    let send = async |done: Option<(Chunk, usize, i64)>, limit: &mut i64| match done {
-        Some((chunk, bytes, asked)) => {
-            *limit = next_limit(asked, chunk.rows.len(), bytes);
+    let send = async |done: Option<Read>, limit: &mut i64, now: usize| match done {
+        Some(Read { chunk, bytes, asked, of }) => {
+            if of == now {
+                *limit = next_limit(asked, chunk.rows.len(), bytes);
+            }
             tx.send(Ok(chunk)).await.is_ok()
         }
         None => true,
@@ -290,9 +311,10 @@ async fn read_chunks(
         let info = catalog::describe(&client, params, &mut types, oid).await;
         lanes.give_back(client);
         let info = Arc::new(info?);
-        if !send(done, &mut limit).await {
+        if !send(done, &mut limit, i).await {
             return Ok(());
         }
+        limit = FIRST_ROWS;
         if info.table.key.is_empty() {
             return Err(Error::config(format!(
                 "{qualified} was added to --tables but has no primary key, which reading it alongside the stream \
@@ -305,7 +327,7 @@ async fn read_chunks(
         };
         loop {
             let (client, done) = lanes.free().await?;
-            if !send(done, &mut limit).await {
+            if !send(done, &mut limit, i).await {
                 return Ok(());
             }
             // The snapshot and the chunk's last key, one chunk at a time: every chunk's
@@ -315,7 +337,7 @@ async fn read_chunks(
             let (p, t, asked) = (params.clone(), info.clone(), limit);
             lanes.start(async move {
                 let read = read_rows(&client, &p, &t, begun).await;
-                (client, read.map(|(chunk, bytes)| (chunk, bytes, asked)))
+                (client, read.map(|(chunk, bytes)| Read { chunk, bytes, asked, of: i }))
             });
             if after.is_none() {
                 break;
@@ -323,7 +345,7 @@ async fn read_chunks(
         }
     }
     while let Some(done) = lanes.next().await {
-        if !send(Some(done?), &mut limit).await {
+        if !send(Some(done?), &mut limit, usize::MAX).await {
             break;
         }
     }
@@ -335,6 +357,15 @@ async fn read_chunks(
 fn next_limit(limit: i64, rows: usize, bytes: usize) -> i64 {
     let per_row = (bytes / rows.max(1)).max(1);
     ((CHUNK_BYTES / per_row) as i64).min(limit.saturating_mul(2)).clamp(1, CHUNK_ROWS)
+}
+
+/// A chunk read: its size in COPY text, the row count it asked for, and its table's place in
+/// the plan.
+struct Read {
+    chunk: Chunk,
+    bytes: usize,
+    asked: i64,
+    of: usize,
 }
 
 /// A chunk whose snapshot is taken and whose rows are still to read.
