@@ -5,6 +5,7 @@
 //! slip into text bound for a terminal or a log.
 
 use crate::error::{Error, Result};
+pub use crate::secret::{Options, Secret};
 use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
@@ -34,7 +35,7 @@ pub struct Flags {
     pub source: Option<String>,
     /// mysql://user:pass@host:3306 or postgres://user:pass@host:5432/db
     #[arg(long, env = "CDC_SOURCE_URL", hide_env_values = true, value_name = "URL")]
-    pub source_url: Option<String>,
+    pub source_url: Option<Secret>,
     /// Comma list of db.table / schema.table patterns, `*` allowed [default: all tables]
     #[arg(long, env = "CDC_TABLES", hide_env_values = true, value_name = "PATTERNS")]
     pub tables: Option<String>,
@@ -52,7 +53,7 @@ pub struct Flags {
     pub kafka_brokers: Option<String>,
     /// librdkafka setting key=value (repeatable; the env variable holds one)
     #[arg(long, env = "CDC_KAFKA_OPTION", hide_env_values = true, value_name = "KEY=VALUE")]
-    pub kafka_option: Vec<String>,
+    pub kafka_option: Vec<Secret>,
     /// Kinesis stream that receives every table's changes
     #[arg(long, env = "CDC_KINESIS_STREAM", hide_env_values = true, value_name = "STREAM")]
     pub kinesis_stream: Option<String>,
@@ -92,8 +93,9 @@ pub struct Flags {
     pub log_format: Option<String>,
 }
 
-/// The TOML file: sections mirror the flags (`--source-url` is `[source] url`).
-#[derive(Deserialize, Debug, Default)]
+/// The TOML file: sections mirror the flags (`--source-url` is `[source] url`). No `Debug`
+/// here: its URL and option tables hold passwords.
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct FileConfig {
     name: Option<String>,
@@ -107,11 +109,11 @@ struct FileConfig {
     log: LogSection,
 }
 
-#[derive(Deserialize, Debug, Default)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct SourceSection {
     r#type: Option<String>,
-    url: Option<String>,
+    url: Option<Secret>,
     tables: Option<Patterns>,
     exclude_tables: Option<Patterns>,
     snapshot: Option<String>,
@@ -122,48 +124,48 @@ struct SourceSection {
 }
 
 /// A table list in the file: `"a.*,b.c"` or `["a.*", "b.c"]`.
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Clone)]
 #[serde(untagged)]
 enum Patterns {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Deserialize, Debug, Default)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct SinkSection {
     r#type: Option<String>,
     topic_prefix: Option<String>,
 }
-#[derive(Deserialize, Debug, Default)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct FileSection {
     path: Option<PathBuf>,
 }
-#[derive(Deserialize, Debug, Default)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct KafkaSection {
     brokers: Option<String>,
     options: std::collections::BTreeMap<String, toml::Value>,
 }
-#[derive(Deserialize, Debug, Default)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct KinesisSection {
     stream: Option<String>,
     endpoint: Option<String>,
     options: std::collections::BTreeMap<String, toml::Value>,
 }
-#[derive(Deserialize, Debug, Default)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct StateSection {
     dir: Option<PathBuf>,
 }
-#[derive(Deserialize, Debug, Default)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct MetricsSection {
     addr: Option<String>,
 }
-#[derive(Deserialize, Debug, Default)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct LogSection {
     format: Option<String>,
@@ -296,9 +298,9 @@ pub struct Config {
     /// Kafka bootstrap servers.
     pub kafka_brokers: Option<String>,
     /// librdkafka settings.
-    pub kafka_options: Vec<(String, String)>,
+    pub kafka_options: Options,
     /// Kinesis sink settings.
-    pub kinesis_options: Vec<(String, String)>,
+    pub kinesis_options: Options,
     /// Kinesis stream.
     pub kinesis_stream: Option<String>,
     /// Kinesis endpoint.
@@ -344,7 +346,7 @@ impl Config {
                 return Err(invalid("--source", "[source] type", other, "mysql or postgres"));
             }
         };
-        let url = flags.source_url.as_deref().or(s.url.as_deref());
+        let url = flags.source_url.as_ref().or(s.url.as_ref()).map(Secret::expose);
         let url = url.ok_or_else(|| missing("--source-url", "[source] url", "the database URL"))?;
         let source_url = parse_url(source, url)?;
         let patterns = |flag: &Option<String>, file: &Option<Patterns>, key: &str, toml: &str| {
@@ -551,10 +553,10 @@ fn missing(flag: &str, toml: &str, what: &str) -> Error {
 /// `key=value` settings: the file's table, then the flags (a flag wins over the same key).
 fn options(
     file: &std::collections::BTreeMap<String, toml::Value>,
-    flags: &[String],
+    flags: &[impl AsRef<str>],
     flag: &str,
     toml_key: &str,
-) -> Result<Vec<(String, String)>> {
+) -> Result<Options> {
     let mut out: Vec<(String, String)> = file
         .iter()
         .map(|(k, v)| {
@@ -565,12 +567,12 @@ fn options(
             (k.clone(), v)
         })
         .collect();
-    for opt in flags {
+    for opt in flags.iter().map(AsRef::as_ref) {
         let (k, v) = opt.split_once('=').ok_or_else(|| invalid(flag, toml_key, &redact(opt), "key=value"))?;
         out.retain(|(key, _)| key != k.trim());
         out.push((k.trim().to_owned(), v.trim().to_owned()));
     }
-    Ok(out)
+    Ok(Options::new(out))
 }
 
 fn invalid(flag: &str, toml: &str, value: &str, expected: &str) -> Error {

@@ -25,5 +25,6 @@ pub mod offsets;
 pub mod pipeline;
 pub mod position;
 pub mod request;
+pub mod secret;
 pub mod sink;
 pub mod source;

@@ -92,6 +92,33 @@ fn sinks_demand_their_settings() {
 }
 
 #[test]
+fn no_secret_of_the_file_or_the_flags_prints_in_the_config_or_the_flags() {
+    let f = file(&format!(
+        "{}\n[kafka]\nbrokers = \"k:9092\"\noptions = {{ \"sasl.password\" = \"canary-1\", \
+         \"ssl.key.pem\" = \"canary-2\", \"compression.type\" = \"zstd\" }}\n",
+        BASE.replace("hunter2", "canary-3")
+    ));
+    let flags = Flags {
+        kafka_option: vec![
+            "ssl.key.password=canary-4".into(),
+            "sasl.oauthbearer.client.secret=canary-5".into(),
+            "sasl.username=canary-6".into(),
+        ],
+        sink: Some("kafka".into()),
+        ..flags_with(&f)
+    };
+    let c = Config::resolve(&flags).unwrap();
+    let with_url = Flags { source_url: Some("mysql://cdc:canary-7@db:3306".into()), ..flags.clone() };
+    let printed = format!("{c:?}\n{flags:?}\n{with_url:?}\n{:?}", Config::resolve(&with_url).unwrap());
+    for canary in (1..=7).map(|n| format!("canary-{n}")) {
+        assert!(!printed.contains(&canary), "{canary} printed:\n{printed}");
+    }
+    assert!(printed.contains("zstd"), "a setting that is no secret still prints: {printed}");
+    let kept: Vec<&str> = c.kafka_options.iter().map(|(_, v)| v.as_str()).collect();
+    assert!(kept.contains(&"canary-1") && kept.contains(&"canary-4"), "the values reach the sink: {kept:?}");
+}
+
+#[test]
 fn passwords_never_print() {
     let f = file(BASE);
     let c = Config::resolve(&flags_with(&f)).unwrap();

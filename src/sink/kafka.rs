@@ -143,7 +143,7 @@ impl KafkaSink {
             .set("message.timeout.ms", MESSAGE_TIMEOUT_MS)
             .set("linger.ms", "5")
             .set("compression.type", "lz4");
-        for (k, v) in &config.kafka_options {
+        for (k, v) in config.kafka_options.iter() {
             if k.starts_with("cdc.") {
                 continue;
             }
