@@ -109,3 +109,61 @@ async fn postgres_snapshot_of_megabyte_rows_stays_under_200_mb() {
     pg_cleanup(&name).await;
     assert_bounded("postgres", got, &dir.join("stderr.log"));
 }
+
+/// Peak RSS (kB) of `cdc` until its file holds a megabyte per row of the table read
+/// alongside the stream (the log's "finished" comes when the last chunk is emitted, before
+/// it is written).
+async fn peak_until_read(cdc: &mut Running) -> u64 {
+    let (status, began) = (format!("/proc/{}/status", cdc.child.id()), Instant::now());
+    let mut peak = 0;
+    let written = |out: &std::path::Path| std::fs::metadata(out).map_or(0, |m| m.len());
+    while written(&cdc.out) < (rows() as u64) * MB as u64 {
+        if let Ok(s) = std::fs::read_to_string(&status) {
+            let hwm = s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1));
+            peak = peak.max(hwm.and_then(|v| v.parse().ok()).unwrap_or(0));
+        }
+        assert!(cdc.child.try_wait().unwrap().is_none(), "cdc exited:\n{}", cdc.stderr());
+        assert!(began.elapsed() < Duration::from_secs(600), "the read did not end:\n{}", cdc.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    peak
+}
+
+#[tokio::test]
+async fn mariadb_megabyte_rows_read_alongside_the_stream_stay_under_200_mb() {
+    let _s = SERVER.read().await;
+    let db = unique("bigalong");
+    // Compressed: the catalog's average row length is a few kB for rows of 1 MB on the wire,
+    // so chunks sized from it would hold thousands of them.
+    database(
+        &db,
+        &[
+            "CREATE TABLE t (id INT PRIMARY KEY, body LONGTEXT NOT NULL) ROW_FORMAT=COMPRESSED",
+            "CREATE TABLE other (id INT PRIMARY KEY)",
+        ],
+    )
+    .await;
+    let mut c = mysql().await;
+    c.query_drop(format!("INSERT INTO {db}.t SELECT seq, REPEAT('x', {MB}) FROM {db}.seq_1_to_{}", rows()))
+        .await
+        .unwrap();
+    c.query_drop(format!("ANALYZE TABLE {db}.t")).await.unwrap();
+    let dir = workdir("bigalong");
+    let mut first = Running::mysql(&dir, &format!("{db}.other"), &["--snapshot", "never"]);
+    first.wait_log("streaming the binlog", Duration::from_secs(60)).await;
+    assert!(first.stop().success());
+    let mut cdc = Running::mysql(&dir, &format!("{db}.other,{db}.t"), &[]);
+    let peak = peak_until_read(&mut cdc).await;
+    let out = cdc.out.clone();
+    assert!(cdc.stop().success());
+    // Line by line: the file holds a gigabyte. `other` has no rows, so every `r` is t's.
+    let file = std::io::BufReader::new(std::fs::File::open(&out).unwrap());
+    let rows_read = file.lines().filter(|l| l.as_ref().unwrap().contains("\"op\":\"r\"")).count();
+    assert_eq!(rows_read as i64, rows(), "every row read alongside the stream");
+    eprintln!("mariadb alongside the stream: {rows_read} rows of 1 MB, peak RSS {} MB", peak / 1024);
+    assert!(
+        peak < LIMIT_KB,
+        "peak RSS {} MB for {rows_read} rows of 1 MB read alongside the stream",
+        peak / 1024
+    );
+}

@@ -14,6 +14,46 @@ use std::collections::VecDeque;
 use std::future::Future;
 use tokio::task::{AbortHandle, JoinHandle};
 
+/// Rows in a table's first chunk read alongside the stream: row sizes are not known yet
+/// (a catalog's average row length is a guess, compressed or stale).
+pub const FIRST_ROWS: u64 = 16;
+/// Rows per chunk read alongside the stream at most: the stream emits a chunk in one go,
+/// and the other tables' changes wait behind it meanwhile.
+pub const CHUNK_ROWS: u64 = 4_096;
+/// Bytes per chunk aimed at: one chunk per connection, one waiting and one being emitted
+/// are in memory.
+pub const CHUNK_BYTES: usize = 4 << 20;
+
+/// The row count of a table's next chunk after one of `rows` rows and `bytes` bytes read
+/// with `limit`: about [`CHUNK_BYTES`], at most twice the last, within 1..=[`CHUNK_ROWS`].
+pub fn next_limit(limit: u64, rows: usize, bytes: usize) -> u64 {
+    let per_row = (bytes / rows.max(1)).max(1);
+    ((CHUNK_BYTES / per_row) as u64).min(limit.saturating_mul(2)).clamp(1, CHUNK_ROWS)
+}
+
+/// A chunk read, with what sizes the table's next one.
+pub struct Read<C> {
+    pub chunk: C,
+    /// Its rows and their bytes.
+    pub rows: usize,
+    pub bytes: usize,
+    /// The rows it asked for.
+    pub asked: u64,
+    /// Its table's place in the plan.
+    pub of: usize,
+}
+
+impl<C> Read<C> {
+    /// The chunk; `limit`, the row count of table `now`'s next chunk, follows its size when
+    /// it is of that table (a chunk of the table before says nothing of this one's rows).
+    pub fn sized(self, now: usize, limit: &mut u64) -> C {
+        if self.of == now {
+            *limit = next_limit(self.asked, self.rows, self.bytes);
+        }
+        self.chunk
+    }
+}
+
 /// Up to one read per connection, results in start order.
 pub struct Lanes<C, T> {
     idle: Vec<C>,
@@ -79,6 +119,15 @@ impl<C, T> Drop for Lanes<C, T> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn chunks_follow_the_bytes_per_row_and_grow_at_most_twofold() {
+        assert_eq!(next_limit(16, 16, 16 * 100), 32, "small rows: doubled");
+        assert_eq!(next_limit(4_096, 4_096, 4_096 * 100), CHUNK_ROWS, "never above CHUNK_ROWS");
+        assert_eq!(next_limit(16, 16, 16 << 20), 4, "1 MB rows: 4 MB");
+        assert_eq!(next_limit(16, 2, 200 << 20), 1, "huge rows: one at a time");
+        assert_eq!(next_limit(16, 0, 0), 32, "an empty chunk");
+    }
 
     #[tokio::test]
     async fn results_come_in_start_order_with_at_most_one_read_per_connection() {

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::event::{ChangeEvent, Source, Table, Value};
 use crate::position::{BinlogPosition, IncrementalProgress, Position, SnapshotProgress};
 use crate::source::SourceMessage;
-use crate::source::lanes::Lanes;
+use crate::source::lanes::{FIRST_ROWS, Lanes, Read};
 use mysql_async::prelude::Queryable;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,6 +34,8 @@ pub struct Chunk {
     high: BinlogPosition,
     /// The last key read (JSON), or None when the chunk ended its table.
     last_key: Option<String>,
+    /// About how many bytes its rows hold.
+    bytes: usize,
 }
 
 /// The stream's side: progress, the chunk waiting to be emitted, and the keys the stream
@@ -134,17 +136,18 @@ impl Incremental {
 
     /// Emits the waiting chunk into `out` if the stream, at `here` and between
     /// transactions, has passed its high watermark; `last` is the last position delivered.
+    /// The bytes emitted (0: nothing).
     pub fn emit(
         &mut self,
         here: &BinlogPosition,
         between: bool,
         last: &BinlogPosition,
         out: &mut Vec<SourceMessage>,
-    ) {
-        let Some(chunk) = &self.waiting else { return };
+    ) -> usize {
+        let Some(chunk) = &self.waiting else { return 0 };
         let passed = here.coords_cmp(&chunk.high).is_some_and(|o| o.is_ge());
         if !between || !passed {
-            return;
+            return 0;
         }
         let chunk = self.waiting.take().expect("checked above");
         let newer = |key: &String| self.changed.get(key).is_some_and(|at| after(at, &chunk.low));
@@ -185,6 +188,7 @@ impl Incremental {
         let mut at = last.clone();
         at.incremental = self.progress();
         out.push(SourceMessage::Commit(Position::Mysql(at)));
+        chunk.bytes
     }
 }
 
@@ -260,11 +264,12 @@ async fn read_chunks(
         conns.push(conn);
     }
     let mut lanes = Lanes::new(conns);
-    let send = |done: Option<Chunk>| async {
-        match done {
-            Some(chunk) => tx.send(Ok(chunk)).await.is_ok(),
-            None => true,
-        }
+    // The row count of the next chunk, from the last chunk of its table delivered (the
+    // catalog's average row length is a guess: compressed or stale).
+    let mut limit = FIRST_ROWS;
+    let send = async |done: Option<Read<Chunk>>, limit: &mut u64, now: usize| match done {
+        Some(read) => tx.send(Ok(read.sized(now, limit))).await.is_ok(),
+        None => true,
     };
     for (i, qualified) in plan.tables.iter().enumerate() {
         let (db, table) = qualified.split_once('.').unwrap_or(("", qualified));
@@ -272,9 +277,10 @@ async fn read_chunks(
         let shape = chunk::shape(&mut conn, db, table).await;
         lanes.give_back(conn);
         let shape = Arc::new(shape?);
-        if !send(done).await {
+        if !send(done, &mut limit, i).await {
             return Ok(());
         }
+        limit = FIRST_ROWS;
         if shape.order == Order::Scan {
             return Err(Error::config(format!(
                 "{qualified} was added to --tables but has no primary key or unique NOT NULL index, which reading it \
@@ -288,18 +294,24 @@ async fn read_chunks(
         };
         loop {
             let (mut conn, done) = lanes.free().await?;
-            if !send(done).await {
+            if !send(done, &mut limit, i).await {
                 return Ok(());
             }
             // The read view and the chunk's last key, one chunk at a time: every chunk's
             // view is taken after the one before it (see `Incremental::emit`).
-            let (marks, last) = begin(&mut conn, &shape, after.as_deref()).await?;
-            let (shape, table, from) = (shape.clone(), table.clone(), after.take());
+            let (marks, last) = begin(&mut conn, &shape, after.as_deref(), limit).await?;
+            let (shape, table, from, asked) = (shape.clone(), table.clone(), after.take(), limit);
             let last_key = last.as_ref().map(|b| chunk::boundary_json(b));
             lanes.start(async move {
-                let rows = read_rows(&mut conn, &shape, from.as_deref()).await;
-                let chunk = rows.map(|rows| Chunk { table, rows, low: marks.0, high: marks.1, last_key });
-                (conn, chunk)
+                let read = read_rows(&mut conn, &shape, from.as_deref(), asked).await;
+                let read = read.map(|(rows, bytes)| Read {
+                    rows: rows.len(),
+                    chunk: Chunk { table, rows, low: marks.0, high: marks.1, last_key, bytes },
+                    bytes,
+                    asked,
+                    of: i,
+                });
+                (conn, read)
             });
             match last {
                 Some(b) => after = Some(b),
@@ -308,31 +320,23 @@ async fn read_chunks(
         }
     }
     while let Some(done) = lanes.next().await {
-        if !send(Some(done?)).await {
+        if !send(Some(done?), &mut limit, usize::MAX).await {
             break;
         }
     }
     Ok(())
 }
 
-/// Rows per chunk read alongside the stream at most: the stream emits a chunk in one go,
-/// and the other tables' changes wait behind it meanwhile (as on Postgres).
-const ROWS_PER_CHUNK: u64 = 4_096;
-
-/// The rows of each chunk of `shape` read alongside the stream: fewer for large rows.
-fn rows_per_chunk(shape: &Shape) -> u64 {
-    shape.chunk_rows.clamp(1, ROWS_PER_CHUNK)
-}
-
 /// The binlog positions just before and just after a chunk's read view.
 type Watermarks = (BinlogPosition, BinlogPosition);
 
-/// Starts the consistent read of the chunk after `after`: its watermarks, and its last key
-/// when the table goes on after it.
+/// Starts the consistent read of the chunk of `limit` rows after `after`: its watermarks,
+/// and its last key when the table goes on after it.
 async fn begin(
     conn: &mut mysql_async::Conn,
     shape: &Shape,
     after: Option<&[mysql_async::Value]>,
+    limit: u64,
 ) -> Result<(Watermarks, Option<Vec<mysql_async::Value>>)> {
     let opts = conn.opts().clone();
     let err = |e| classify(e, &opts, &format!("find the end of a chunk of {}", shape.qualified()));
@@ -340,7 +344,7 @@ async fn begin(
     let params = after.map(|b| shape.params(b)).unwrap_or_default();
     // The chunk's last key and the one after it: an index scan of the keys alone.
     let bounds: Vec<mysql_async::Row> =
-        conn.exec(shape.bound_sql(after.is_some(), rows_per_chunk(shape) - 1), params).await.map_err(err)?;
+        conn.exec(shape.bound_sql(after.is_some(), limit.max(1) - 1), params).await.map_err(err)?;
     let last = match bounds.len() {
         2 => Some(bounds[0].clone().unwrap()),
         _ => None,
@@ -348,26 +352,29 @@ async fn begin(
     Ok((marks, last))
 }
 
-/// The rows of the chunk after `after` in the consistent read [`begin`] started, which it
-/// then ends.
+/// The `limit` rows of the chunk after `after` in the consistent read [`begin`] started,
+/// which it then ends, and about how many bytes they hold.
 async fn read_rows(
     conn: &mut mysql_async::Conn,
     shape: &Shape,
     after: Option<&[mysql_async::Value]>,
-) -> Result<Vec<Vec<Value>>> {
+    limit: u64,
+) -> Result<(Vec<Vec<Value>>, usize)> {
     let opts = conn.opts().clone();
     let qualified = shape.qualified();
     let err = |e| classify(e, &opts, &format!("read a chunk of {qualified}"));
     let params = after.map(|b| shape.params(b)).unwrap_or_default();
-    let sql = shape.sql_limit(after.is_some(), rows_per_chunk(shape));
+    let sql = shape.sql_limit(after.is_some(), limit.max(1));
     let mut result = conn.exec_iter(sql, params).await.map_err(err)?;
-    let mut rows = Vec::new();
+    let (mut rows, mut bytes) = (Vec::new(), 0);
     while let Some(row) = result.next().await.map_err(err)? {
-        rows.push(map_row(row, shape.cols.len(), &qualified)?.0);
+        let (row, n) = map_row(row, shape.cols.len(), &qualified)?;
+        rows.push(row);
+        bytes += n;
     }
     drop(result);
     conn.query_drop("COMMIT").await.map_err(err)?;
-    Ok(rows)
+    Ok((rows, bytes))
 }
 
 /// Starts a consistent read and returns the binlog positions before and after its read

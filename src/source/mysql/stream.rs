@@ -107,10 +107,8 @@ pub async fn stream(
             next = tokio::time::timeout(HEARTBEAT * 3, events.next()) => next,
             chunk = async { inc.as_mut().expect("wants a chunk").next_chunk().await }, if wants_chunk => {
                 chunk?;
-                if let Some(i) = inc.as_mut() {
-                    i.emit(&here, !reader.in_transaction(), &last, &mut out);
-                }
-                if send(&tx, &mut out).await.is_err() {
+                let bytes = inc.as_mut().map_or(0, |i| i.emit(&here, !reader.in_transaction(), &last, &mut out));
+                if send(&tx, &mut out, bytes).await.is_err() {
                     return Ok(());
                 }
                 continue;
@@ -158,12 +156,13 @@ pub async fn stream(
         if let Some(p) = last_commit(&out) {
             last.clone_from(p);
         }
+        let mut bytes = 0;
         if let Some(i) = inc.as_mut() {
             i.observe(&out, &here);
-            i.emit(&here, !reader.in_transaction(), &last, &mut out);
+            bytes = i.emit(&here, !reader.in_transaction(), &last, &mut out);
         }
         // One channel message per binlog event, not per row.
-        if send(&tx, &mut out).await.is_err() {
+        if send(&tx, &mut out, bytes).await.is_err() {
             return Ok(());
         }
     }
@@ -177,12 +176,14 @@ fn last_commit(out: &[SourceMessage]) -> Option<&BinlogPosition> {
     })
 }
 
-/// Sends `out` if not empty.
-async fn send(tx: &Tx, out: &mut Vec<SourceMessage>) -> std::result::Result<(), ()> {
+/// Sends `out` if not empty; `bytes` of a chunk read alongside the stream in it make it a
+/// large batch, of which the channel queues few ([`crate::source::send_sized`]).
+async fn send(tx: &Tx, out: &mut Vec<SourceMessage>, bytes: usize) -> std::result::Result<(), ()> {
     if out.is_empty() {
         return Ok(());
     }
-    tx.send(Ok(std::mem::replace(out, Vec::with_capacity(64)))).await.map_err(|_| ())
+    let batch = std::mem::replace(out, Vec::with_capacity(64));
+    crate::source::send_sized(tx, batch, bytes).await.then_some(()).ok_or(())
 }
 
 /// A binlog read error. Error 1236 is "position lost" (66) only when a fresh look at the

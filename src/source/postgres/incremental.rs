@@ -20,21 +20,12 @@ use super::snapshot::{self, Piece};
 use crate::error::{Error, Result};
 use crate::event::{ChangeEvent, Op, Source, Table, Value};
 use crate::position::{IncrementalProgress, PgPosition, Position, SnapshotProgress};
-use crate::source::lanes::Lanes;
+use crate::source::lanes::{FIRST_ROWS, Lanes, Read};
 use crate::source::{Filter, SourceMessage};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
-
-/// Rows per chunk at most (a chunk waits in memory for the stream).
-const CHUNK_ROWS: i64 = 4_096;
-/// Bytes per chunk (COPY text) aimed at: the next chunk's row count follows the bytes per
-/// row of the last one, starting small, so memory stays bounded for rows of any size
-/// without the server measuring (and detoasting) rows it does not send.
-const CHUNK_BYTES: usize = 16 << 20;
-/// Rows in a table's first chunk.
-const FIRST_ROWS: i64 = 16;
 
 /// The transactions a snapshot sees, as `txid_current_snapshot()` reports them (32-bit
 /// xids, as pgoutput sends them).
@@ -288,16 +279,10 @@ async fn read_chunks(
     conns.push(client);
     let mut lanes = Lanes::new(conns);
     let mut types = Types::default();
-    // The row count of the next chunk of table `now`, from the last of its chunks delivered
-    // (a chunk of the table before, still in flight, says nothing of this one's rows).
+    // The row count of the next chunk, from the last chunk of its table delivered.
     let mut limit = FIRST_ROWS;
-    let send = async |done: Option<Read>, limit: &mut i64, now: usize| match done {
-        Some(Read { chunk, bytes, asked, of }) => {
-            if of == now {
-                *limit = next_limit(asked, chunk.rows.len(), bytes);
-            }
-            tx.send(Ok(chunk)).await.is_ok()
-        }
+    let send = async |done: Option<Read<Chunk>>, limit: &mut u64, now: usize| match done {
+        Some(read) => tx.send(Ok(read.sized(now, limit))).await.is_ok(),
         None => true,
     };
     for (i, qualified) in plan.tables.iter().enumerate() {
@@ -337,7 +322,10 @@ async fn read_chunks(
             let (p, t, asked) = (params.clone(), info.clone(), limit);
             lanes.start(async move {
                 let read = read_rows(&client, &p, &t, begun).await;
-                (client, read.map(|(chunk, bytes)| Read { chunk, bytes, asked, of: i }))
+                (
+                    client,
+                    read.map(|(chunk, bytes)| Read { rows: chunk.rows.len(), chunk, bytes, asked, of: i }),
+                )
             });
             if after.is_none() {
                 break;
@@ -350,22 +338,6 @@ async fn read_chunks(
         }
     }
     Ok(())
-}
-
-/// The row count of the next chunk after one of `rows` rows and `bytes` bytes read with
-/// `limit`: about [`CHUNK_BYTES`], at most twice the last, within 1..=[`CHUNK_ROWS`].
-fn next_limit(limit: i64, rows: usize, bytes: usize) -> i64 {
-    let per_row = (bytes / rows.max(1)).max(1);
-    ((CHUNK_BYTES / per_row) as i64).min(limit.saturating_mul(2)).clamp(1, CHUNK_ROWS)
-}
-
-/// A chunk read: its size in COPY text, the row count it asked for, and its table's place in
-/// the plan.
-struct Read {
-    chunk: Chunk,
-    bytes: usize,
-    asked: i64,
-    of: usize,
 }
 
 /// A chunk whose snapshot is taken and whose rows are still to read.
@@ -388,7 +360,7 @@ async fn begin(
     p: &Params,
     t: &TableInfo,
     after: Option<&[String]>,
-    limit: i64,
+    limit: u64,
 ) -> Result<Begun> {
     let doing = format!("start a chunk of {} alongside the stream", t.table.qualified());
     let err = |e| p.classify(e, &doing);
@@ -496,15 +468,6 @@ mod tests {
         let w = View { xmin: u32::MAX - 1, xmax: 5, xip: vec![u32::MAX - 1, 2] };
         assert!(w.sees(u32::MAX - 2) && w.sees(u32::MAX) && w.sees(3));
         assert!(!w.sees(u32::MAX - 1) && !w.sees(2) && !w.sees(5));
-    }
-
-    #[test]
-    fn chunks_follow_the_bytes_per_row_and_grow_at_most_twofold() {
-        assert_eq!(next_limit(16, 16, 16 * 100), 32, "small rows: doubled");
-        assert_eq!(next_limit(4_096, 4_096, 4_096 * 100), CHUNK_ROWS, "never above CHUNK_ROWS");
-        assert_eq!(next_limit(16, 16, 16 << 20), 16, "1 MB rows: 16 MB");
-        assert_eq!(next_limit(16, 2, 200 << 20), 1, "huge rows: one at a time");
-        assert_eq!(next_limit(16, 0, 0), 32, "an empty chunk");
     }
 
     #[test]
