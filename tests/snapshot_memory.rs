@@ -152,18 +152,46 @@ async fn mariadb_megabyte_rows_read_alongside_the_stream_stay_under_200_mb() {
     let mut first = Running::mysql(&dir, &format!("{db}.other"), &["--snapshot", "never"]);
     first.wait_log("streaming the binlog", Duration::from_secs(60)).await;
     assert!(first.stop().success());
-    let mut cdc = Running::mysql(&dir, &format!("{db}.other,{db}.t"), &[]);
+    let cdc = Running::mysql(&dir, &format!("{db}.other,{db}.t"), &[]);
+    assert_bounded_alongside("mariadb", cdc).await;
+}
+
+#[tokio::test]
+async fn postgres_megabyte_rows_read_alongside_the_stream_stay_under_200_mb() {
+    let name = unique("pgbigalong");
+    pg_schema(
+        &name,
+        &[
+            "CREATE TABLE t (id INT PRIMARY KEY, body TEXT NOT NULL)",
+            "CREATE TABLE other (id INT PRIMARY KEY)",
+            &format!("INSERT INTO t SELECT g, repeat('x', {MB}) FROM generate_series(1, {}) g", rows()),
+            "ANALYZE t",
+        ],
+    )
+    .await;
+    let dir = workdir("pgbigalong");
+    let mut first = Running::postgres(&dir, &name, &format!("{name}.other"), &["--snapshot", "never"]);
+    first.wait_log("streaming from the slot", Duration::from_secs(60)).await;
+    assert!(first.stop().success());
+    let cdc = Running::postgres(&dir, &name, &format!("{name}.other,{name}.t"), &[]);
+    assert_bounded_alongside("postgres", cdc).await;
+    pg_cleanup(&name).await;
+}
+
+/// Runs `cdc` until it wrote every row of `t` read alongside the stream, stops it and
+/// checks the rows and the peak RSS.
+async fn assert_bounded_alongside(source: &str, mut cdc: Running) {
     let peak = peak_until_read(&mut cdc).await;
     let out = cdc.out.clone();
     assert!(cdc.stop().success());
     // Line by line: the file holds a gigabyte. `other` has no rows, so every `r` is t's.
     let file = std::io::BufReader::new(std::fs::File::open(&out).unwrap());
     let rows_read = file.lines().filter(|l| l.as_ref().unwrap().contains("\"op\":\"r\"")).count();
-    assert_eq!(rows_read as i64, rows(), "every row read alongside the stream");
-    eprintln!("mariadb alongside the stream: {rows_read} rows of 1 MB, peak RSS {} MB", peak / 1024);
+    assert_eq!(rows_read as i64, rows(), "{source}: every row read alongside the stream");
+    eprintln!("{source} alongside the stream: {rows_read} rows of 1 MB, peak RSS {} MB", peak / 1024);
     assert!(
         peak < LIMIT_KB,
-        "peak RSS {} MB for {rows_read} rows of 1 MB read alongside the stream",
+        "{source}: peak RSS {} MB for {rows_read} rows of 1 MB read alongside the stream",
         peak / 1024
     );
 }

@@ -8,10 +8,12 @@
 //! hands the rest of the read (the rows, the expensive part) to a lane.
 
 use crate::error::{Error, Result};
+use crate::position::IncrementalProgress;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use std::collections::VecDeque;
 use std::future::Future;
+use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle};
 
 /// Rows in a table's first chunk read alongside the stream: row sizes are not known yet
@@ -112,6 +114,68 @@ impl<C, T> Drop for Lanes<C, T> {
         for task in &self.tasks {
             task.abort();
         }
+    }
+}
+
+/// The stream's side of the reads alongside it: the reader task (stopped with the stream,
+/// its reads and connections with it), the chunk waiting for the stream to pass its high
+/// watermark, and the progress to store with every position.
+pub struct Alongside<C> {
+    pub progress: IncrementalProgress,
+    pub waiting: Option<C>,
+    chunks: mpsc::Receiver<Result<C>>,
+    reader: AbortHandle,
+}
+
+impl<C: Send + 'static> Alongside<C> {
+    /// Runs `read` (the source's chunk reader, over `progress.tables` from after
+    /// `progress.last_key`, sending its chunks in key order) in a task of its own; its
+    /// error is the next chunk.
+    pub fn start<F>(
+        progress: IncrementalProgress,
+        parallelism: usize,
+        read: impl FnOnce(IncrementalProgress, mpsc::Sender<Result<C>>) -> F,
+    ) -> Self
+    where
+        F: Future<Output = Result<()>> + Send + 'static,
+    {
+        // One chunk read ahead, and one per connection, at most: memory stays at a few chunks.
+        let (tx, chunks) = mpsc::channel(1);
+        let reading = read(progress.clone(), tx.clone());
+        let reader = tokio::spawn(async move {
+            if let Err(e) = reading.await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        tracing::info!(tables = ?progress.tables, parallelism, "reading tables added to --tables alongside the stream");
+        Alongside { progress, waiting: None, chunks, reader: reader.abort_handle() }
+    }
+
+    /// The progress to store with every position.
+    pub fn progress(&self) -> Option<Box<IncrementalProgress>> {
+        (!self.progress.tables.is_empty()).then(|| Box::new(self.progress.clone()))
+    }
+
+    /// True while a chunk is still to come.
+    pub fn wants_chunk(&self) -> bool {
+        self.waiting.is_none() && !self.progress.tables.is_empty()
+    }
+
+    /// Waits for the next chunk (cancel-safe, for `select!`).
+    pub async fn next_chunk(&mut self) -> Result<()> {
+        match self.chunks.recv().await {
+            Some(chunk) => {
+                self.waiting = Some(chunk?);
+                Ok(())
+            }
+            None => Err(Error::internal("the incremental snapshot reader ended early")),
+        }
+    }
+}
+
+impl<C> Drop for Alongside<C> {
+    fn drop(&mut self) {
+        self.reader.abort();
     }
 }
 

@@ -44,12 +44,27 @@ const LARGE_QUEUED: usize = 8;
 /// batches are queued, so memory does not grow with the row size. False when the pipeline
 /// is gone. (Polling the free capacity: a channel has no wait for "nearly empty".)
 pub async fn send_sized(tx: &BatchSender, batch: Vec<SourceMessage>, bytes: usize) -> bool {
+    match reserve_sized(tx, bytes).await {
+        Some(permit) => {
+            permit.send(Ok(batch));
+            true
+        }
+        None => false,
+    }
+}
+
+/// A slot for a batch of about `bytes`, as [`send_sized`] waits for it; None when the
+/// pipeline is gone. Cancel-safe (for a `select!` that does other work while it waits).
+pub async fn reserve_sized(
+    tx: &BatchSender,
+    bytes: usize,
+) -> Option<tokio::sync::mpsc::Permit<'_, Result<Vec<SourceMessage>>>> {
     if bytes >= LARGE_BATCH {
         while tx.max_capacity() - tx.capacity() >= LARGE_QUEUED && !tx.is_closed() {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
-    tx.send(Ok(batch)).await.is_ok()
+    tx.reserve().await.ok()
 }
 
 /// The pipeline's end of a reader task's channel: yields its messages one by one.

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::event::{ChangeEvent, Source, Table, Value};
 use crate::position::{BinlogPosition, IncrementalProgress, Position, SnapshotProgress};
 use crate::source::SourceMessage;
-use crate::source::lanes::{FIRST_ROWS, Lanes, Read};
+use crate::source::lanes::{Alongside, FIRST_ROWS, Lanes, Read};
 use mysql_async::prelude::Queryable;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,30 +38,20 @@ pub struct Chunk {
     bytes: usize,
 }
 
-/// The stream's side: progress, the chunk waiting to be emitted, and the keys the stream
-/// changed in the table being read, with where.
+/// The stream's side: the reads, and the keys the stream changed in the table being read,
+/// with where.
 pub struct Incremental {
-    progress: IncrementalProgress,
-    chunks: mpsc::Receiver<Result<Chunk>>,
-    waiting: Option<Chunk>,
+    pub reads: Alongside<Chunk>,
     changed: HashMap<String, BinlogPosition>,
     /// No chunk still to emit has its low watermark before this: changes up to it matter
     /// to none of them.
     floor: Option<BinlogPosition>,
     /// `source.server_id` of the rows.
     server_id: u32,
-    /// The reader task: stopped with the stream (its reads and connections with it).
-    reader: tokio::task::AbortHandle,
 }
 
 fn after(p: &BinlogPosition, low: &BinlogPosition) -> bool {
     p.coords_cmp(low).is_none_or(|o| o.is_gt())
-}
-
-impl Drop for Incremental {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
 }
 
 impl Incremental {
@@ -74,58 +64,22 @@ impl Incremental {
         server_id: u32,
         parallelism: usize,
     ) -> Incremental {
-        // One chunk read ahead, and one per connection, at most: memory stays at a few chunks.
-        let (tx, chunks) = mpsc::channel(1);
-        let plan = progress.clone();
-        let reader = tokio::spawn(async move {
-            if let Err(e) = read_chunks(opts, plan, parallelism, &tx).await {
-                let _ = tx.send(Err(e)).await;
-            }
+        let reads = Alongside::start(progress, parallelism, move |plan, tx| async move {
+            read_chunks(opts, plan, parallelism, &tx).await
         });
-        tracing::info!(tables = ?progress.tables, parallelism, "reading tables added to --tables alongside the stream");
-        let reader = reader.abort_handle();
-        Incremental {
-            progress,
-            chunks,
-            waiting: None,
-            changed: HashMap::new(),
-            floor: None,
-            server_id,
-            reader,
-        }
-    }
-
-    /// The progress to store with every position.
-    pub fn progress(&self) -> Option<Box<IncrementalProgress>> {
-        (!self.progress.tables.is_empty()).then(|| Box::new(self.progress.clone()))
-    }
-
-    /// True while a chunk is still to come.
-    pub fn wants_chunk(&self) -> bool {
-        self.waiting.is_none() && !self.progress.tables.is_empty()
-    }
-
-    /// Waits for the next chunk (cancel-safe, for `select!`).
-    pub async fn next_chunk(&mut self) -> Result<()> {
-        match self.chunks.recv().await {
-            Some(chunk) => {
-                self.waiting = Some(chunk?);
-                Ok(())
-            }
-            None => Err(Error::internal("the incremental snapshot reader ended early")),
-        }
+        Incremental { reads, changed: HashMap::new(), floor: None, server_id }
     }
 
     /// Notes the keys of the tables still to read that the stream changed in `out`, at
     /// `here` (the reader may be on the next table while a chunk of this one waits).
     pub fn observe(&mut self, out: &[SourceMessage], here: &BinlogPosition) {
-        let floor = self.waiting.as_ref().map(|c| &c.low).or(self.floor.as_ref());
-        if self.progress.tables.is_empty() || floor.is_some_and(|f| !after(here, f)) {
+        let floor = self.reads.waiting.as_ref().map(|c| &c.low).or(self.floor.as_ref());
+        if self.reads.progress.tables.is_empty() || floor.is_some_and(|f| !after(here, f)) {
             return;
         }
         for m in out {
             let SourceMessage::Change(c) = m else { continue };
-            if c.table.key.is_empty() || !self.progress.tables.contains(&c.table.qualified()) {
+            if c.table.key.is_empty() || !self.reads.progress.tables.contains(&c.table.qualified()) {
                 continue;
             }
             for image in [&c.before, &c.after].into_iter().flatten() {
@@ -144,12 +98,12 @@ impl Incremental {
         last: &BinlogPosition,
         out: &mut Vec<SourceMessage>,
     ) -> usize {
-        let Some(chunk) = &self.waiting else { return 0 };
+        let Some(chunk) = &self.reads.waiting else { return 0 };
         let passed = here.coords_cmp(&chunk.high).is_some_and(|o| o.is_ge());
         if !between || !passed {
             return 0;
         }
-        let chunk = self.waiting.take().expect("checked above");
+        let chunk = self.reads.waiting.take().expect("checked above");
         let newer = |key: &String| self.changed.get(key).is_some_and(|at| after(at, &chunk.low));
         let (mut kept, mut dropped) = (0usize, 0usize);
         let ts_ms = crate::encode::now_ms();
@@ -181,12 +135,12 @@ impl Incremental {
         if chunk.last_key.is_none() {
             tracing::info!(%table, "incremental snapshot of table finished");
         }
-        if self.progress.advance(chunk.last_key) && kept > 0 {
+        if self.reads.progress.advance(chunk.last_key) && kept > 0 {
             crate::source::mark_last(out);
             tracing::info!("snapshot finished");
         }
         let mut at = last.clone();
-        at.incremental = self.progress();
+        at.incremental = self.reads.progress();
         out.push(SourceMessage::Commit(Position::Mysql(at)));
         chunk.bytes
     }

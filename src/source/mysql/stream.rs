@@ -86,7 +86,7 @@ pub async fn stream(
         for m in out.iter_mut() {
             if let SourceMessage::Commit(Position::Mysql(p)) = m {
                 p.captured = Some(captured.clone());
-                p.incremental = inc.as_ref().and_then(Incremental::progress);
+                p.incremental = inc.as_ref().and_then(|i| i.reads.progress());
             }
         }
     };
@@ -102,10 +102,10 @@ pub async fn stream(
     let mut here = start.request();
     let mut first = true;
     loop {
-        let wants_chunk = inc.as_ref().is_some_and(Incremental::wants_chunk);
+        let wants_chunk = inc.as_ref().is_some_and(|i| i.reads.wants_chunk());
         let next = tokio::select! {
             next = tokio::time::timeout(HEARTBEAT * 3, events.next()) => next,
-            chunk = async { inc.as_mut().expect("wants a chunk").next_chunk().await }, if wants_chunk => {
+            chunk = async { inc.as_mut().expect("wants a chunk").reads.next_chunk().await }, if wants_chunk => {
                 chunk?;
                 let bytes = inc.as_mut().map_or(0, |i| i.emit(&here, !reader.in_transaction(), &last, &mut out));
                 if send(&tx, &mut out, bytes).await.is_err() {

@@ -20,7 +20,7 @@ use super::snapshot::{self, Piece};
 use crate::error::{Error, Result};
 use crate::event::{ChangeEvent, Op, Source, Table, Value};
 use crate::position::{IncrementalProgress, PgPosition, Position, SnapshotProgress};
-use crate::source::lanes::{FIRST_ROWS, Lanes, Read};
+use crate::source::lanes::{Alongside, FIRST_ROWS, Lanes, Read};
 use crate::source::{Filter, SourceMessage};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -56,26 +56,18 @@ pub struct Chunk {
     high: u64,
     /// The last key read (typed literals, JSON), or None when the chunk ended its table.
     last_key: Option<String>,
+    /// About how many bytes its rows hold.
+    bytes: usize,
 }
 
-/// The stream's side: progress, the chunk waiting, and the transaction that last changed
-/// each key of the tables still to read.
+/// The stream's side: the reads, and the transaction that last changed each key of the
+/// tables still to read.
 pub struct Incremental {
-    progress: IncrementalProgress,
-    chunks: mpsc::Receiver<Result<Chunk>>,
-    waiting: Option<Chunk>,
+    pub reads: Alongside<Chunk>,
     changed: HashMap<String, u32>,
     /// The snapshot of the last chunk emitted.
     floor: Option<View>,
     db: Arc<str>,
-    /// The reader task: stopped with the stream (its reads and connections with it).
-    reader: tokio::task::AbortHandle,
-}
-
-impl Drop for Incremental {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
 }
 
 impl Incremental {
@@ -88,58 +80,17 @@ impl Incremental {
         db: &str,
         parallelism: usize,
     ) -> Incremental {
-        // One chunk read ahead, and one per connection, at most: memory stays at a few chunks.
-        let (tx, chunks) = mpsc::channel(1);
-        let plan = progress.clone();
-        let reader = tokio::spawn(async move {
-            if let Err(e) = read_chunks(&params, &filter, plan, parallelism, &tx).await {
-                let _ = tx.send(Err(e)).await;
-            }
+        let reads = Alongside::start(progress, parallelism, move |plan, tx| async move {
+            read_chunks(&params, &filter, plan, parallelism, &tx).await
         });
-        tracing::info!(tables = ?progress.tables, parallelism, "reading tables added to --tables alongside the stream");
-        let reader = reader.abort_handle();
-        Incremental {
-            progress,
-            chunks,
-            waiting: None,
-            changed: HashMap::new(),
-            floor: None,
-            db: db.into(),
-            reader,
-        }
-    }
-
-    /// The progress to store with every position.
-    pub fn progress(&self) -> Option<Box<IncrementalProgress>> {
-        (!self.progress.tables.is_empty()).then(|| Box::new(self.progress.clone()))
-    }
-
-    /// True while a chunk is still to come.
-    pub fn wants_chunk(&self) -> bool {
-        self.waiting.is_none() && !self.progress.tables.is_empty()
-    }
-
-    /// True while a chunk waits for the stream.
-    pub fn is_waiting(&self) -> bool {
-        self.waiting.is_some()
-    }
-
-    /// Waits for the next chunk (cancel-safe, for `select!`).
-    pub async fn next_chunk(&mut self) -> Result<()> {
-        match self.chunks.recv().await {
-            Some(chunk) => {
-                self.waiting = Some(chunk?);
-                Ok(())
-            }
-            None => Err(Error::internal("the incremental snapshot reader ended early")),
-        }
+        Incremental { reads, changed: HashMap::new(), floor: None, db: db.into() }
     }
 
     /// Notes which transaction last changed each key, in `out`, of the tables still to read
     /// (a TRUNCATE under the table's own name: it changes every key). A transaction the
     /// last emitted chunk's snapshot saw is seen by every later one: it is not noted.
     pub fn observe(&mut self, out: &[SourceMessage]) {
-        if self.progress.tables.is_empty() {
+        if self.reads.progress.tables.is_empty() {
             return;
         }
         for m in out {
@@ -147,7 +98,7 @@ impl Incremental {
             let Source::Postgres { tx_id, .. } = c.source else { continue };
             if c.table.key.is_empty()
                 || self.floor.as_ref().is_some_and(|v| v.sees(tx_id))
-                || !self.progress.tables.contains(&c.table.qualified())
+                || !self.reads.progress.tables.contains(&c.table.qualified())
             {
                 continue;
             }
@@ -162,12 +113,19 @@ impl Incremental {
 
     /// Emits the waiting chunk into `out` if the stream, at `here` and between
     /// transactions, has passed its high watermark; `last` is the last position delivered.
-    pub fn emit(&mut self, here: u64, between: bool, last: &PgPosition, out: &mut Vec<SourceMessage>) {
-        match &self.waiting {
+    /// The bytes emitted (0: nothing).
+    pub fn emit(
+        &mut self,
+        here: u64,
+        between: bool,
+        last: &PgPosition,
+        out: &mut Vec<SourceMessage>,
+    ) -> usize {
+        match &self.reads.waiting {
             Some(chunk) if between && here >= chunk.high => {}
-            _ => return,
+            _ => return 0,
         }
-        let chunk = self.waiting.take().expect("checked above");
+        let chunk = self.reads.waiting.take().expect("checked above");
         let newer = |key: &String| self.changed.get(key).is_some_and(|&xid| !chunk.view.sees(xid));
         // Truncated after the chunk's snapshot: none of its rows exists any more.
         let truncated = newer(&chunk.table.qualified());
@@ -200,12 +158,13 @@ impl Incremental {
         if chunk.last_key.is_none() {
             tracing::info!(%table, "incremental snapshot of table finished");
         }
-        if self.progress.advance(chunk.last_key) && kept > 0 {
+        if self.reads.progress.advance(chunk.last_key) && kept > 0 {
             crate::source::mark_last(out);
             tracing::info!("snapshot finished");
         }
-        let at = PgPosition { incremental: self.progress(), ..last.clone() };
+        let at = PgPosition { incremental: self.reads.progress(), ..last.clone() };
         out.push(SourceMessage::Commit(Position::Postgres(at)));
+        chunk.bytes
     }
 }
 
@@ -441,7 +400,7 @@ async fn read_rows(client: &Client, p: &Params, t: &TableInfo, b: Begun) -> Resu
     }
     client.batch_execute("COMMIT").await.map_err(|e| p.classify(e, &doing))?;
     let last_key = b.upper.filter(|_| !b.ends).and_then(|u| serde_json::to_string(&u).ok());
-    Ok((Chunk { table: t.table.clone(), rows, view: b.view, high: b.high, last_key }, bytes))
+    Ok((Chunk { table: t.table.clone(), rows, view: b.view, high: b.high, last_key, bytes }, bytes))
 }
 
 /// An insert position just after a page header is the end of the record that filled the

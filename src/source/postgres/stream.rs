@@ -109,10 +109,10 @@ pub async fn run(
     loop {
         // While a chunk waits for the stream, the server is asked how far it has sent
         // every second, so an idle stream passes the chunk's watermark too.
-        let waiting = st.inc.as_ref().is_some_and(Incremental::is_waiting);
+        let waiting = st.inc.as_ref().is_some_and(|i| i.reads.waiting.is_some());
         let every = if waiting { st.status_every.min(Duration::from_secs(1)) } else { st.status_every };
         let due = st.last_status + every;
-        let wants_chunk = st.inc.as_ref().is_some_and(Incremental::wants_chunk);
+        let wants_chunk = st.inc.as_ref().is_some_and(|i| i.reads.wants_chunk());
         tokio::select! {
             biased;
             // Acknowledgements first: they let the server free WAL.
@@ -124,7 +124,7 @@ pub async fn run(
                 st.status().await?;
             }
             () = tokio::time::sleep_until(due.into()) => st.status().await?,
-            chunk = async { st.inc.as_mut().expect("wants a chunk").next_chunk().await }, if wants_chunk => {
+            chunk = async { st.inc.as_mut().expect("wants a chunk").reads.next_chunk().await }, if wants_chunk => {
                 chunk?;
                 st.send().await?;
             }
@@ -194,7 +194,7 @@ impl State {
     /// Confirms `flushed` to the server (asking for a reply while a chunk waits).
     async fn status(&mut self) -> Result<()> {
         self.last_status = Instant::now();
-        let reply = self.inc.as_ref().is_some_and(Incremental::is_waiting);
+        let reply = self.inc.as_ref().is_some_and(|i| i.reads.waiting.is_some());
         self.conn.send_status(self.flushed, reply).await
     }
 
@@ -282,7 +282,7 @@ impl State {
     /// it), confirming to the server while the pipeline is full.
     async fn send(&mut self) -> Result<()> {
         let out = &mut self.decoder.out;
-        let progress = self.inc.as_ref().and_then(Incremental::progress);
+        let progress = self.inc.as_ref().and_then(|i| i.reads.progress());
         for m in out.iter_mut() {
             if let SourceMessage::Commit(Position::Postgres(p)) = m {
                 p.captured = Some(self.captured.clone());
@@ -290,10 +290,11 @@ impl State {
                 self.last.clone_from(p);
             }
         }
+        let mut bytes = 0;
         if let Some(inc) = self.inc.as_mut() {
             inc.observe(out);
             let between = !self.decoder.in_transaction();
-            inc.emit(self.decoder.last_position, between, &self.last, &mut self.decoder.out);
+            bytes = inc.emit(self.decoder.last_position, between, &self.last, &mut self.decoder.out);
         }
         if self.decoder.out.is_empty() {
             return Ok(());
@@ -304,8 +305,8 @@ impl State {
             let due = self.last_status + self.status_every;
             tokio::select! {
                 biased;
-                p = tx.reserve() => {
-                    p.map_err(|_| Error::internal("the pipeline stopped reading"))?.send(Ok(batch));
+                p = crate::source::reserve_sized(&tx, bytes) => {
+                    p.ok_or_else(|| Error::internal("the pipeline stopped reading"))?.send(Ok(batch));
                     break;
                 }
                 () = tokio::time::sleep_until(due.into()) => self.status().await?,
