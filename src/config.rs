@@ -6,10 +6,12 @@
 
 use crate::error::{Error, Result};
 pub use crate::secret::{Options, Secret};
-use serde::Deserialize;
+use file::{FileConfig, Patterns, load_file};
+pub use pattern::TablePattern;
+pub use redact::redact;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Connector name when none is given.
 pub const DEFAULT_NAME: &str = "cdc";
@@ -93,84 +95,6 @@ pub struct Flags {
     pub log_format: Option<String>,
 }
 
-/// The TOML file: sections mirror the flags (`--source-url` is `[source] url`). No `Debug`
-/// here: its URL and option tables hold passwords.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct FileConfig {
-    name: Option<String>,
-    source: SourceSection,
-    sink: SinkSection,
-    file: FileSection,
-    kafka: KafkaSection,
-    kinesis: KinesisSection,
-    state: StateSection,
-    metrics: MetricsSection,
-    log: LogSection,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct SourceSection {
-    r#type: Option<String>,
-    url: Option<Secret>,
-    tables: Option<Patterns>,
-    exclude_tables: Option<Patterns>,
-    snapshot: Option<String>,
-    server_id: Option<u32>,
-    snapshot_parallelism: Option<usize>,
-    slot: Option<String>,
-    publication: Option<String>,
-}
-
-/// A table list in the file: `"a.*,b.c"` or `["a.*", "b.c"]`.
-#[derive(Deserialize, Clone)]
-#[serde(untagged)]
-enum Patterns {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct SinkSection {
-    r#type: Option<String>,
-    topic_prefix: Option<String>,
-}
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct FileSection {
-    path: Option<PathBuf>,
-}
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct KafkaSection {
-    brokers: Option<String>,
-    options: std::collections::BTreeMap<String, toml::Value>,
-}
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct KinesisSection {
-    stream: Option<String>,
-    endpoint: Option<String>,
-    options: std::collections::BTreeMap<String, toml::Value>,
-}
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct StateSection {
-    dir: Option<PathBuf>,
-}
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct MetricsSection {
-    addr: Option<String>,
-}
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct LogSection {
-    format: Option<String>,
-}
-
 /// Which database `cdc` reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
@@ -233,48 +157,6 @@ impl fmt::Display for SourceUrl {
 impl fmt::Debug for SourceUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SourceUrl({self})")
-    }
-}
-
-/// A `db.table` pattern where `*` matches any run of characters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TablePattern(String);
-
-impl TablePattern {
-    /// A pattern as written (`db.table`, `*` allowed).
-    pub fn new(text: &str) -> Self {
-        TablePattern(text.to_owned())
-    }
-
-    /// The pattern as written.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// True when `schema.table` matches.
-    pub fn matches(&self, schema: &str, table: &str) -> bool {
-        glob(self.0.as_bytes(), format!("{schema}.{table}").as_bytes())
-    }
-
-    /// As [`TablePattern::matches`], in any letter case.
-    pub fn matches_ignore_case(&self, schema: &str, table: &str) -> bool {
-        let name = format!("{schema}.{table}").to_lowercase();
-        glob(self.0.to_lowercase().as_bytes(), name.as_bytes())
-    }
-
-    /// True when some table of `schema` can match, in any letter case (the pattern's part
-    /// before its first `.` matches).
-    pub fn matches_db_ignore_case(&self, schema: &str) -> bool {
-        let db_part = self.0.split_once('.').map_or(self.0.as_str(), |(d, _)| d);
-        glob(db_part.to_lowercase().as_bytes(), schema.to_lowercase().as_bytes())
-    }
-}
-
-fn glob(p: &[u8], s: &[u8]) -> bool {
-    match p.split_first() {
-        None => s.is_empty(),
-        Some((b'*', rest)) => (0..=s.len()).any(|i| glob(rest, &s[i..])),
-        Some((c, rest)) => s.first() == Some(c) && glob(rest, &s[1..]),
     }
 }
 
@@ -358,7 +240,7 @@ impl Config {
             };
             list.into_iter()
                 .map(|p| match p.contains('.') {
-                    true => Ok(TablePattern(p)),
+                    true => Ok(TablePattern::new(&p)),
                     false => Err(invalid(key, toml, &p, "db.table or schema.table (`*` allowed)")),
                 })
                 .collect::<Result<Vec<_>>>()
@@ -500,20 +382,6 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
-fn load_file(path: Option<&Path>) -> Result<FileConfig> {
-    let Some(path) = path else {
-        return Ok(FileConfig::default());
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::config(format!("cannot read config file {} (--config / CDC_CONFIG)", path.display()))
-            .with_source(e)
-    })?;
-    toml::from_str(&text).map_err(|e| {
-        let line = e.span().map_or(0, |s| text[..s.start].lines().count().max(1));
-        Error::config(format!("config file {} line {line}: {}", path.display(), redact(e.message())))
-    })
-}
-
 fn parse_url(kind: SourceKind, raw: &str) -> Result<SourceUrl> {
     // The value is not echoed: a malformed URL may hide its password from `redact`.
     let bad = |why: &str| invalid("--source-url", "[source] url", "(not shown)", why);
@@ -582,57 +450,8 @@ fn invalid(flag: &str, toml: &str, value: &str, expected: &str) -> Error {
     ))
 }
 
-/// Masks passwords in text: the password of any `scheme://user:password@` URL and the value
-/// of any `...password=value` / `...secret=value` pair.
-pub fn redact(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("://") {
-        out.push_str(&rest[..i + 3]);
-        rest = &rest[i + 3..];
-        let end = rest.find(|c: char| c.is_whitespace() || "/\"'`<>,;".contains(c)).unwrap_or(rest.len());
-        let authority = &rest[..end];
-        match (authority.rfind('@'), authority.find(':')) {
-            (Some(at), Some(colon)) if colon < at => {
-                out.push_str(&authority[..colon + 1]);
-                out.push_str("***");
-                out.push_str(&authority[at..]);
-            }
-            _ => out.push_str(authority),
-        }
-        rest = &rest[end..];
-    }
-    out.push_str(rest);
-    redact_pairs(&out)
-}
-
-fn redact_pairs(text: &str) -> String {
-    // ASCII lowercasing keeps byte offsets, so ranges found in `lower` index `text`.
-    let lower = text.to_ascii_lowercase();
-    let mut ranges = Vec::new();
-    for key in ["password=", "secret=", "password = \"", "secret = \""] {
-        let mut from = 0;
-        while let Some(i) = lower[from..].find(key) {
-            let start = from + i + key.len();
-            let end = text[start..]
-                .find(|c: char| c.is_whitespace() || "&\"',;".contains(c))
-                .map_or(text.len(), |e| start + e);
-            ranges.push((start, end));
-            from = end.max(start);
-        }
-    }
-    ranges.sort_unstable();
-    let (mut out, mut last) = (String::with_capacity(text.len()), 0);
-    for (start, end) in ranges {
-        if start >= last {
-            out.push_str(&text[last..start]);
-            out.push_str("***");
-            last = end;
-        }
-    }
-    out.push_str(&text[last..]);
-    out
-}
-
+mod file;
+mod pattern;
+mod redact;
 #[cfg(test)]
 mod tests;
